@@ -1,0 +1,246 @@
+"""Run configuration: small dataclasses (two levels deep), YAML presets with strict keys.
+
+A run is described by :class:`RunConfig`. It is built from, in order: the dataclass defaults, the size preset
+(``nfields/configs/<preset>.yaml``: ``tiny``, ``cpu``, ``full``), that preset's section for the scene (``scenes:``),
+its options for the chosen backend (``backends:``), then ``--set section.key=value`` overrides from the command
+line. The run folder's ``config.yaml`` is the merged result and reproduces the run.
+Unknown keys anywhere are an error that lists the valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nfields.errors import NFieldsError
+from nfields.render.renderer import RenderConfig
+
+PRESET_DIR = Path(__file__).parent / "configs"
+PRESETS = ("tiny", "cpu", "full")
+
+
+@dataclass
+class DataConfig:
+    """Which scene and how to load it."""
+
+    scene: str = "demo"
+    """Scene name ($NFIELDS_DATA/<name>, ./data/<name>, ../shared/data/<name>) or a path."""
+    downscale: int = 1
+    """Integer image downscale factor (DTU: 4 -> 400x300)."""
+    holdout_every: int = 8
+    """Every n-th view (index % n == 0) is held out for evaluation."""
+    max_views: int | None = None
+    """Load at most this many views (for quick tests)."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background colour RGBA images are composited on (NeRF-synthetic)."""
+    use_masks: bool = True
+    """Use foreground masks when the scene has them (DTU): black outside, opacity supervised."""
+
+
+@dataclass
+class ModelConfig:
+    """The field: a registered network backend inside a radiance field."""
+
+    network: str = "hashgrid"
+    """Geometry network backend (see `nfields train --help`; e.g. mlp, hashgrid, cam, rbf)."""
+    network_options: dict[str, Any] = field(default_factory=dict)
+    """Backend options (e.g. {levels: 12, log2_table: 17})."""
+    geo_feat_dim: int = 15
+    color_hidden: int = 64
+    color_layers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    steps: int = 5000
+    lr: float = 1e-2
+    lr_final_ratio: float = 0.03
+    """Learning rate decays exponentially to lr * lr_final_ratio at the last step (after warm-up)."""
+    warmup_steps: int = 100
+    batch_rays: int = 4096
+    """Rays per step at the start; adapted to keep about target_samples samples per step."""
+    target_samples: int = 0
+    """If > 0, adapt the ray batch so a step evaluates about this many samples (nerfacc's dynamic batch)."""
+    max_batch_rays: int = 16384
+    seed: int = 0
+    eval_every: int = 1000
+    eval_views: int = 0
+    """Number of held-out views to evaluate periodically (0 = all)."""
+    eval_downscale: int = 1
+    ckpt_every: int = 500
+    log_every: int = 50
+    time_budget_s: float = 0.0
+    """Stop after this many seconds of training (0 = no limit); the final eval still runs."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    mask_loss: float = 0.1
+    """Weight of the opacity-vs-mask BCE loss when masks are used."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as the run folder's config.yaml."""
+
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the type of the current value (tuples stay tuples; ints accept whole floats)."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise NFieldsError(f"{where}: expected true/false, got {value!r}")
+        return bool(value)
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(current, int) and not isinstance(value, bool):
+        try:
+            if float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        except (TypeError, ValueError):
+            raise NFieldsError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise NFieldsError(f"{where}: expected a number, got {value!r}") from None
+    return value
+
+
+def apply_dict(cfg: RunConfig, data: dict, source: str) -> RunConfig:
+    """Merge a nested dict (from YAML) into ``cfg`` in place; unknown sections/keys raise NFieldsError."""
+    if not isinstance(data, dict):
+        raise NFieldsError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    sections = _field_names(RunConfig)
+    for sec, values in data.items():
+        if sec not in sections:
+            raise NFieldsError(f"{source}: unknown section {sec!r}; valid: {', '.join(sections)}")
+        if sec == "name":
+            cfg.name = str(values)
+            continue
+        if not isinstance(values, dict):
+            raise NFieldsError(f"{source}: section {sec!r} must be a mapping")
+        target = getattr(cfg, sec)
+        valid = _field_names(type(target))
+        for key, value in values.items():
+            if key not in valid:
+                raise NFieldsError(f"{source}: unknown key {sec}.{key}; valid: {', '.join(valid)}")
+            cur = getattr(target, key)
+            if key == "network_options":
+                if not isinstance(value, dict):
+                    raise NFieldsError(f"{source}: {sec}.{key} must be a mapping")
+                merged = dict(cur)
+                merged.update(value)
+                setattr(target, key, merged)
+            elif cur is None or value is None:
+                setattr(target, key, value)
+            else:
+                setattr(target, key, _coerce(value, cur, f"{source}: {sec}.{key}"))
+    return cfg
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a YAML mapping; unreadable or malformed files give a one-line error."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise NFieldsError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise NFieldsError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    return data or {}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.steps=100", "model.network_options.levels=8"]`` -> nested dict with YAML-parsed values."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise NFieldsError(f"--set {item}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2:
+            raise NFieldsError(f"--set {item}: expected section.key=value (e.g. train.steps=100)")
+        value = yaml.safe_load(raw)
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def scene_key(scene: str, sections: dict) -> str | None:
+    """The preset section for a scene argument: its folder name, or ``dtu`` for any other DTU scan."""
+    name = Path(scene).name
+    if name in sections:
+        return name
+    if name.startswith("dtu_") and "dtu" in sections:
+        return "dtu"
+    return None
+
+
+def build_config(scene: str, field: str | None, preset: str, overrides: list[str] | None = None) -> RunConfig:
+    """Merge defaults, scene preset, size preset (and its per-scene section) and overrides into a RunConfig."""
+    if preset not in PRESETS:
+        raise NFieldsError(f"--preset {preset}: unknown preset; valid: {', '.join(PRESETS)}")
+    cfg = RunConfig()
+    cfg.data.scene = scene
+    preset_file = PRESET_DIR / f"{preset}.yaml"
+    pdata = load_yaml(preset_file)
+    per_scene = pdata.pop("scenes", {}) or {}
+    backends = pdata.pop("backends", {}) or {}
+    apply_dict(cfg, pdata, str(preset_file))
+    key = scene_key(scene, per_scene)
+    if key is not None:
+        apply_dict(cfg, per_scene[key], f"{preset_file}[scenes.{key}]")
+    if field is not None:
+        cfg.model.network = field
+    # Each preset sizes every backend for its budget (``backends: {name: options}``).
+    if cfg.model.network in backends:
+        cfg.model.network_options = {**backends[cfg.model.network], **cfg.model.network_options}
+    if overrides:
+        apply_dict(cfg, parse_overrides(overrides), "--set")
+    cfg.data.scene = scene
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """Plain nested dict (tuples as lists) for YAML."""
+
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write config.yaml (atomically)."""
+    tmp = Path(path).with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a run's config.yaml back into a RunConfig (strict keys)."""
+    return apply_dict(RunConfig(), load_yaml(path), str(path))

@@ -1,0 +1,323 @@
+"""The radiance-field trainer: data -> rays -> renderer -> loss -> Adam, with durable run folders.
+
+Example::
+
+    from nfields.config import build_config
+    from nfields.train.trainer import Trainer
+    cfg = build_config("lego", "hashgrid", "tiny")
+    trainer = Trainer(cfg, run_dir=new_run_dir(Path("runs"), "lego"))
+    result = trainer.train()          # {"psnr": ..., "ssim": ..., ...} on held-out views
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nfields.config import RunConfig, save_config
+from nfields.data import load_scene
+from nfields.data.rays import RayBatcher
+from nfields.errors import NFieldsError
+from nfields.fields import count_parameters, param_groups
+from nfields.fields.radiance import RadianceField
+from nfields.render.renderer import Renderer
+from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
+from nfields.train.metrics import psnr, ssim
+
+MAX_BAD_STEPS = 20
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_png(path: Path, img: torch.Tensor) -> None:
+    """Save a float (H, W, 3|1) image in [0, 1] as PNG."""
+    from PIL import Image
+
+    arr = (img.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    Image.fromarray(arr).save(path)
+
+
+def colorize_depth(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Depth (H, W) -> grey (H, W, 3), normalised over pixels with opacity > 0.5 (near bright)."""
+    m = opacity > 0.5
+    if m.any():
+        lo, hi = depth[m].min(), depth[m].max()
+        d = 1 - ((depth - lo) / (hi - lo + 1e-8)).clamp(0, 1)
+    else:
+        d = torch.zeros_like(depth)
+    return (d * m).unsqueeze(-1).expand(*depth.shape, 3)
+
+
+class Trainer:
+    """Trains a radiance field on a scene and writes a run folder.
+
+    ``run_dir`` must exist (see :func:`nfields.train.checkpoint.new_run_dir`); with ``resume=True`` the newest
+    checkpoint in it is loaded and training continues from its step. ``viewer`` (optional) is any object with
+    ``paused``, ``log_metrics(step, dict)`` and ``request_refresh()``.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True, viewer=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.viewer = viewer
+        # Held while parameters change so a viewer thread never renders a half-updated field.
+        self.lock = threading.Lock()
+        t = cfg.train
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)
+
+        d = cfg.data
+        self.scene = load_scene(
+            d.scene, downscale=d.downscale, holdout_every=d.holdout_every, background=d.background,
+            max_views=d.max_views,
+        )  # fmt: skip
+        self.use_masks = d.use_masks and self.scene.masks is not None
+        if self.use_masks:
+            bg = torch.zeros(3)  # masked objects are composited on black
+        elif self.scene.background is not None:
+            bg = torch.as_tensor(self.scene.background, dtype=torch.float32)
+        else:
+            bg = torch.zeros(3)
+        self.background = bg
+
+        m = cfg.model
+        self.field = RadianceField(
+            self.scene.aabb, network=m.network, network_options=dict(m.network_options), geo_feat_dim=m.geo_feat_dim,
+            color_hidden=m.color_hidden, color_layers=m.color_layers,
+        )  # fmt: skip
+        self.renderer = Renderer(self.field, cfg.render, near=self.scene.near, far=self.scene.far)
+        self.optimizer = torch.optim.Adam(param_groups(self.field, t.lr), lr=t.lr, eps=1e-15)
+        decay = math.log(max(t.lr_final_ratio, 1e-8)) / max(t.steps - t.warmup_steps, 1)
+
+        def schedule(step: int) -> float:
+            if step < t.warmup_steps:
+                return 0.01 + 0.99 * step / max(t.warmup_steps, 1)
+            return math.exp(decay * min(step - t.warmup_steps, t.steps))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.batcher = RayBatcher(self.scene, self.scene.train_ids, t.batch_rays, seed=t.seed)
+        self.n_rays = t.batch_rays
+        self.step = 0
+        self.elapsed = 0.0
+        self.lr_scale = 1.0
+        self.bad_steps = 0
+        self.n_params = count_parameters(self.field)
+
+        if resume:
+            ckpts = list_checkpoints(self.run_dir)
+            if not ckpts:
+                raise NFieldsError(f"{self.run_dir}: --resume given but the run has no checkpoint")
+            self.load_state(load_checkpoint(ckpts[-1]))
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
+        else:
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        (self.run_dir / "renders").mkdir(exist_ok=True)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: model, grid, optimizer, schedule, data RNG, counters."""
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "n_rays": self.n_rays,
+            "lr_scale": self.lr_scale,
+            "renderer": self.renderer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "batcher": self.batcher.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.renderer.load_state_dict(state["renderer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batcher.load_state_dict(state["batcher"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.n_rays = int(state["n_rays"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomic)."""
+        with self.lock:
+            return save_checkpoint(self.run_dir, self.step, self.state_dict())
+
+    # ----------------------------------------------------------------------------------------------- training
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr."""
+        t = self.cfg.train
+        self.renderer.train()
+        self.renderer.update_grid(self.step)
+        self.batcher.batch_size = self.n_rays
+        batch = self.batcher.next()
+        out = self.renderer(batch.rays, background=self.background)
+        target = batch.rgb
+        if self.use_masks and batch.mask is not None:
+            target = target * batch.mask[:, None]
+        mse = F.mse_loss(out.rgb, target)
+        loss = mse
+        if self.use_masks and batch.mask is not None and t.mask_loss > 0:
+            op = out.opacity.clamp(1e-4, 1 - 1e-4)
+            loss = loss + t.mask_loss * F.binary_cross_entropy(op, batch.mask)
+        stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
+        stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
+        if not torch.isfinite(loss):
+            self.bad_steps += 1
+            self.lr_scale *= 0.5
+            self.optimizer.zero_grad(set_to_none=True)
+            tqdm.write(f"step {self.step}: non-finite loss, step skipped, learning rate x{self.lr_scale:g}")
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise NFieldsError(
+                    f"{self.run_dir}: loss was NaN/inf {self.bad_steps} times; stopped (last good checkpoint kept)"
+                )
+            stats["skipped"] = 1
+            return stats
+        self.bad_steps = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with self.lock:
+            for g in self.optimizer.param_groups:
+                g.setdefault("base_lr", g["lr"])
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.lr_scale != 1.0:
+                for g in self.optimizer.param_groups:
+                    g["lr"] *= self.lr_scale
+        if t.target_samples > 0 and out.n_samples > 0:
+            # nerfacc's dynamic batch: keep the number of samples per step near target_samples.
+            want = int(len(batch.rays) * t.target_samples / out.n_samples)
+            self.n_rays = int(min(max(want, 256), t.max_batch_rays))
+        return stats
+
+    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+        """Train to ``cfg.train.steps`` (or the time budget), evaluating and checkpointing; returns the final eval."""
+        t = self.cfg.train
+        if self.step == 0:
+            tqdm.write(
+                f"{self.scene.name}: {len(self.scene.train_ids)} train / {len(self.scene.test_ids)} held-out views "
+                f"at {self.scene.cameras.width}x{self.scene.cameras.height}; field {self.cfg.model.network} "
+                f"({self.n_params / 1e6:.2f} M params); run {self.run_dir}"
+            )
+        bar = tqdm(
+            total=t.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, desc="train",
+            mininterval=1.0,
+        )  # fmt: skip
+        window_rays, window_time = 0, 0.0
+        while self.step < t.steps:
+            if t.time_budget_s and self.elapsed >= t.time_budget_s:
+                tqdm.write(f"time budget of {t.time_budget_s:.0f} s reached at step {self.step}")
+                break
+            while self.viewer is not None and getattr(self.viewer, "paused", False):
+                time.sleep(0.1)
+            t0 = time.perf_counter()
+            stats = self.train_step()
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.step += 1
+            window_rays += stats["n_rays"]
+            window_time += dt
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                rays_s = window_rays / max(window_time, 1e-9)
+                window_rays, window_time = 0, 0.0
+                rec = {"step": self.step, "time": round(self.elapsed, 3), "rays_per_s": round(rays_s, 1)}
+                rec.update({k: round(float(v), 5) for k, v in stats.items()})
+                rec["lr"] = self.optimizer.param_groups[0]["lr"]
+                self.metrics.write(rec)
+                bar.set_postfix(
+                    psnr=f"{stats['psnr']:.2f}", rays_s=f"{rays_s:.0f}", spr=f"{stats['samples_per_ray']:.1f}"
+                )
+                if self.viewer is not None:
+                    self.viewer.log_metrics(self.step, {"loss": stats["loss"], "psnr": stats["psnr"]})
+            if self.viewer is not None:
+                self.viewer.request_refresh()
+            if on_step is not None:
+                on_step(self.step, stats)
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
+                self.evaluate(limit=t.eval_views or None)
+            if t.ckpt_every and self.step % t.ckpt_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        result = self.evaluate()
+        tqdm.write(
+            f"step {self.step}: held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f} "
+            f"({result['n_views']} views, {self.elapsed:.0f} s training)"
+        )
+        return result
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def ground_truth(self, i: int, downscale: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Held-out image i (H, W, 3) float and mask (H, W) float, area-downscaled like the rendered view."""
+        img = self.scene.images[i].float() / 255.0
+        mask = self.scene.masks[i].float() / 255.0 if self.use_masks else None
+        if downscale > 1:
+            h, w = img.shape[0] // downscale * downscale, img.shape[1] // downscale * downscale
+            img = F.avg_pool2d(img[:h, :w].permute(2, 0, 1)[None], downscale)[0].permute(1, 2, 0)
+            if mask is not None:
+                mask = F.avg_pool2d(mask[None, None, :h, :w], downscale)[0, 0]
+        if mask is not None:
+            img = img * (mask > 0.5)[..., None]
+        return img, mask
+
+    @torch.no_grad()
+    def evaluate(self, limit: int | None = None, save: bool = True) -> dict[str, float]:
+        """Render held-out views; PSNR/SSIM (PSNR inside the mask when masks are used); images to renders/."""
+        self.renderer.eval()
+        ids = list(self.scene.test_ids)
+        if limit:
+            ids = ids[:limit]
+        ds = max(self.cfg.train.eval_downscale, 1)
+        out_dir = self.run_dir / "renders" / f"step_{self.step:07d}"
+        if save:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        psnrs, ssims = [], []
+        for i in ids:
+            with self.lock:
+                r = self.renderer.render_image(self.scene.cameras, i, background=self.background, downscale=ds)
+            gt, mask = self.ground_truth(i, ds)
+            pred = r["rgb"].clamp(0, 1)
+            if pred.shape != gt.shape:
+                raise RuntimeError(f"render {tuple(pred.shape)} vs ground truth {tuple(gt.shape)} for view {i}")
+            psnrs.append(psnr(pred, gt, mask))
+            ssims.append(ssim(pred, gt))
+            if save:
+                depth = colorize_depth(r["depth"], r["opacity"])
+                save_png(out_dir / f"view_{i:03d}.png", torch.cat([pred, gt, depth], dim=1))
+        result = {
+            "step": self.step,
+            "eval": True,
+            "psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
+            "ssim": float(np.mean(ssims)) if ssims else float("nan"),
+            "n_views": len(ids),
+            "time": round(self.elapsed, 3),
+            "masked": self.use_masks,
+        }
+        self.metrics.write(result)
+        if self.progress and self.step < self.cfg.train.steps:
+            tqdm.write(f"step {self.step}: held-out PSNR {result['psnr']:.2f} dB ({len(ids)} views)")
+        self.renderer.train()
+        return result

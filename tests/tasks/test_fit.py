@@ -1,0 +1,123 @@
+"""fit_image / fit_sdf end to end on tiny inputs, the inside test, and bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from nfields.errors import NFieldsError
+from nfields.tasks import FitImage, FitSdf, fit_image, fit_sdf, parse_options
+from nfields.tasks.image import main as fit_image_main
+from nfields.tasks.sdf import chamfer_l1, inside_mesh, load_mesh
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+MLP = {"hidden": 32, "layers": 2, "encoding": "fourier", "n_fourier": 32, "sigma": 2.0}
+SDF_FAST = dict(batch=2048, n_train=30_000, n_surface=30_000, eval_points=30_000, eval_res=40, chamfer_points=10_000)
+
+
+def smooth_image(h: int = 24, w: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return torch.stack([xx, yy, 0.5 + 0.5 * torch.sin(3 * xx + 2 * yy)], -1)
+
+
+def test_fit_image_tensor_and_protocols():
+    img = smooth_image()
+    r = fit_image(img, "mlp", MLP, steps=200, lr=3e-3)
+    assert r.steps == 200 and r.params == (64 * 32 + 32) + (32 * 32 + 32) + (32 * 3 + 3)
+    assert r.psnr > 28 and r.psnr == pytest.approx(r.psnr_train)  # full protocol: train pixels = test pixels
+    assert r.peak_mem_mb > 0 and r.seconds > 0 and r.history[-1]["psnr"] == r.psnr
+    # every_other trains on 1/4 of the pixels; frequencies beyond that grid's Nyquist limit would alias, so a
+    # low-frequency encoding here (Fourier sigma 2 scores ~15 dB on the unseen pixels).
+    smooth = {**MLP, "encoding": "positional", "n_freqs": 3}
+    eo = fit_image(img, "mlp", smooth, steps=200, lr=3e-3, protocol="every_other")
+    assert eo.psnr > 25 and eo.psnr_train > eo.psnr
+    assert fit_image(img, "mlp", smooth, steps=50, batch=64).steps == 50
+
+
+def test_fit_image_file_budget_and_fresh(tmp_path, capsys):
+    path = tmp_path / "img.png"
+    Image.fromarray((smooth_image().numpy() * 255).astype(np.uint8)).save(path)
+    r = fit_image(path, "mlp", MLP, steps=10**6, time_budget_s=0.3, eval_at_s=[0.1])
+    assert 0 < r.steps < 10**6 and r.seconds < 1.0 and any("psnr" in h for h in r.history[:-1])
+    opts = FitImage(image=path, field="mlp", set=["hidden=16", "layers=1", "encoding=fourier"], steps=20, fresh=True)
+    res = fit_image_main(opts)
+    out = capsys.readouterr().out
+    assert res.fresh is not None and res.options["sigma"] == res.fresh.best and len(res.fresh.values) >= 8
+    assert "FreSh (fourier): sigma" in out and "psnr" in out and "*" in out
+
+
+def test_fit_image_bad_inputs(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(NFieldsError, match="cannot read image"):
+        fit_image(bad, "mlp", MLP, steps=1)
+    with pytest.raises(NFieldsError, match="not found"):
+        fit_image(tmp_path / "missing.png", "mlp", MLP, steps=1)
+    with pytest.raises(NFieldsError, match="protocol"):
+        fit_image(smooth_image(), "mlp", MLP, steps=1, protocol="odd")
+    with pytest.raises(NFieldsError, match="unknown field backend"):
+        fit_image(smooth_image(), "nope", {}, steps=1)
+    with pytest.raises(NFieldsError, match="fresh"):
+        fit_image(smooth_image(), "rbf", {}, steps=1, fresh=True)
+    with pytest.raises(NFieldsError, match="expected"):
+        parse_options(["hidden"])
+    assert parse_options(["grid_levels=[4, 8]", "sigma=2.5"]) == {"grid_levels": (4, 8), "sigma": 2.5}
+
+
+def test_inside_mesh_matches_analytic_shapes():
+    p = np.random.default_rng(0).uniform(-1, 1, (20_000, 3))
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.7)
+    r = np.linalg.norm(p, axis=1)
+    far = np.abs(r - 0.7) > 0.01  # the polygonal sphere deviates from the ideal one by < 0.01
+    assert np.array_equal(inside_mesh(sphere, p)[far], (r < 0.7)[far])
+    box = trimesh.creation.box(extents=(1.0, 0.5, 0.3))
+    assert np.array_equal(inside_mesh(box, p), np.all(np.abs(p) < [0.5, 0.25, 0.15], axis=1))
+
+
+def test_fit_sdf_sphere(tmp_path):
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)  # normalised to radius 0.9
+    out = tmp_path / "recon.ply"
+    opts = {"hidden": 64, "layers": 3, "encoding": "positional", "n_freqs": 4}
+    r = fit_sdf(sphere, "mlp", opts, steps=200, out_mesh=out, **SDF_FAST)
+    assert r.iou > 0.95 and r.chamfer_l1 < 0.03, r.summary()
+    assert r.params > 0 and r.peak_mem_mb > 0 and r.steps == 200
+    recon = trimesh.load(out)
+    assert len(recon.faces) > 100 and np.abs(np.linalg.norm(recon.vertices, axis=1) - 0.9).mean() < 0.03
+    rbf = fit_sdf(sphere, "rbf", {"n_rbf": 64, "grid_levels": (4, 8, 16)}, steps=200, lr=1e-2, **SDF_FAST)
+    assert rbf.iou > 0.9, rbf.summary()
+
+
+def test_chamfer_of_scaled_sphere():
+    a = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    b = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    assert chamfer_l1(a, b, 20_000) == pytest.approx(0.1, abs=0.005)
+
+
+def test_fit_sdf_bad_meshes(tmp_path):
+    with pytest.raises(NFieldsError, match="not found"):
+        fit_sdf(tmp_path / "nope.obj", "mlp", MLP, steps=1)
+    empty = tmp_path / "empty.obj"
+    empty.write_text("# nothing\n")
+    with pytest.raises(NFieldsError, match="(no triangles|cannot read)"):
+        fit_sdf(empty, "mlp", MLP, steps=1)
+    open_mesh = trimesh.creation.icosphere(subdivisions=1)
+    open_mesh.update_faces(np.arange(len(open_mesh.faces)) > 0)  # drop one triangle: a hole
+    with pytest.raises(NFieldsError, match="watertight"):
+        load_mesh(open_mesh)
+    assert FitSdf(mesh=Path("x.obj")).eval_res == 128
+
+
+def test_fit_sdf_real_mesh_loads():
+    path = DATA / "meshes" / "bunny.obj"
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (clone beside ../shared/data, as CI does)")
+    m = load_mesh(path)
+    assert np.max(m.extents) == pytest.approx(1.8) and np.abs(m.bounds).max() <= 0.9 + 1e-9
+    p = np.random.default_rng(0).uniform(-1, 1, (5000, 3))
+    frac = inside_mesh(m, p).mean()
+    assert frac * 8 == pytest.approx(m.volume, rel=0.1)  # Monte-Carlo volume vs trimesh's exact volume
