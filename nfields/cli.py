@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import tyro
 
@@ -29,7 +30,7 @@ class Train:
     """Folder that holds run folders."""
     resume: bool = False
     """Continue the newest run with this name from its last checkpoint."""
-    set: list[str] = field(default_factory=list)
+    set: list[str] = dataclass_field(default_factory=list)
     """Config overrides, e.g. --set train.steps=2000 model.network_options.levels=12."""
     viewer: bool = True
     """Start the viser web viewer when viser is installed (--no-viewer turns it off)."""
@@ -126,14 +127,16 @@ class Fields:
 
 
 def _commands() -> dict[str, type]:
-    cmds: dict[str, type] = {"train": Train, "render": Render, "fields": Fields}
-    try:  # task commands land with the backend-zoo issue
-        from nfields.tasks.cli import FitImage, FitSdf
+    from nfields.tasks.image import FitImage
+    from nfields.tasks.sdf import FitSdf
 
-        cmds["fit-image"] = FitImage
-        cmds["fit-sdf"] = FitSdf
-    except ImportError:
-        pass
+    cmds: dict[str, type] = {
+        "train": Train,
+        "render": Render,
+        "fields": Fields,
+        "fit-image": FitImage,
+        "fit-sdf": FitSdf,
+    }
     return cmds
 
 
@@ -142,9 +145,10 @@ def entrypoint(argv: list[str] | None = None) -> int:
     cmds = _commands()
     try:
         cmd = tyro.extras.subcommand_cli_from_dict(
-            {k: Annotated[v, tyro.conf.subcommand(description=v.__doc__)] for k, v in cmds.items()},
+            cmds,
             args=argv,
             prog="nfields",
+            config=(tyro.conf.PositionalRequiredArgs,),
             description="nfields: neural fields and 3D reconstruction, from a laptop CPU to a GPU.",
         )
         cmd.main()

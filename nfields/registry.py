@@ -14,7 +14,8 @@ registered once under its name::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nfields.errors import NFieldsError
 

@@ -24,10 +24,10 @@ class Rays:
     def __len__(self) -> int:
         return self.origins.shape[0]
 
-    def __getitem__(self, idx) -> "Rays":
+    def __getitem__(self, idx) -> Rays:
         return Rays(self.origins[idx], self.directions[idx])
 
-    def to(self, device) -> "Rays":
+    def to(self, device) -> Rays:
         return Rays(self.origins.to(device), self.directions.to(device))
 
 

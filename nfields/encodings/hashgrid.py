@@ -167,13 +167,13 @@ class HashGridEncoding(nn.Module):
             for j in range(1, d):
                 # Broadcasting over leading dims doubles the corner count per axis: 2^j x 2 -> 2^(j+1).
                 rows = (rows[:, None] ^ cand[j, None]) if hashed else (rows[:, None] + cand[j, None])
-                rows = rows.reshape(-1, g, n)
+                rows = rows.reshape(2 ** (j + 1), g, n)
             if hashed:
                 rows = rows.bitwise_and_(2**self.log2_table - 1).add_(offset)
         frac = pos - lower  # (d, G, N), carries the gradient w.r.t. x
         w = torch.stack([1.0 - frac[0], frac[0]])
         for j in range(1, d):
-            w = (w[:, None] * torch.stack([1.0 - frac[j], frac[j]])[None]).reshape(-1, g, n)
+            w = (w[:, None] * torch.stack([1.0 - frac[j], frac[j]])[None]).reshape(2 ** (j + 1), g, n)
         return rows, w
 
     def forward(self, x: Tensor) -> Tensor:

@@ -91,9 +91,11 @@ class Trainer:
             max_views=d.max_views,
         )  # fmt: skip
         self.use_masks = d.use_masks and self.scene.masks is not None
-        if self.use_masks:
-            bg = torch.zeros(3)  # masked objects are composited on black
-        elif self.scene.background is not None:
+        # RGBA scenes (NeRF-synthetic) come composited on a known background: the render is composited on the same
+        # one and scored on the full image (the standard protocol); alpha still supervises opacity. Scenes with
+        # separate masks (DTU) are scored inside the mask, on black.
+        self.composited = self.scene.background is not None
+        if self.composited:
             bg = torch.as_tensor(self.scene.background, dtype=torch.float32)
         else:
             bg = torch.zeros(3)
@@ -175,7 +177,7 @@ class Trainer:
         batch = self.batcher.next()
         out = self.renderer(batch.rays, background=self.background)
         target = batch.rgb
-        if self.use_masks and batch.mask is not None:
+        if self.use_masks and batch.mask is not None and not self.composited:
             target = target * batch.mask[:, None]
         mse = F.mse_loss(out.rgb, target)
         loss = mse
@@ -273,7 +275,7 @@ class Trainer:
     def ground_truth(self, i: int, downscale: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Held-out image i (H, W, 3) float and mask (H, W) float, area-downscaled like the rendered view."""
         img = self.scene.images[i].float() / 255.0
-        mask = self.scene.masks[i].float() / 255.0 if self.use_masks else None
+        mask = self.scene.masks[i].float() / 255.0 if self.use_masks and not self.composited else None
         if downscale > 1:
             h, w = img.shape[0] // downscale * downscale, img.shape[1] // downscale * downscale
             img = F.avg_pool2d(img[:h, :w].permute(2, 0, 1)[None], downscale)[0].permute(1, 2, 0)
@@ -314,7 +316,7 @@ class Trainer:
             "ssim": float(np.mean(ssims)) if ssims else float("nan"),
             "n_views": len(ids),
             "time": round(self.elapsed, 3),
-            "masked": self.use_masks,
+            "masked": self.use_masks and not self.composited,
         }
         self.metrics.write(result)
         if self.progress and self.step < self.cfg.train.steps:

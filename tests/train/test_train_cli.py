@@ -35,8 +35,8 @@ def test_train_lego_tiny_writes_run_folder(tmp_path):
     assert (run / "config.yaml").exists()
     assert len(list((run / "ckpt").glob("step_*.pt"))) >= 1
     evals = [m for m in read_metrics(run) if m.get("eval")]
-    # 150 tiny steps at 100x100 already learn the silhouette and colours: well above a constant-colour image.
-    assert evals and evals[-1]["psnr"] > 17.0, evals
+    # 300 tiny steps at 100x100 (full image on white, the NeRF-synthetic protocol): ~21 dB, far above a flat image.
+    assert evals and evals[-1]["psnr"] > 19.5, evals
     assert list((run / "renders").rglob("*.png"))
     # A second run with the same name never overwrites the first.
     p2 = run_cli(["train", "--scene", str(lego), "--preset", "tiny", "--no-viewer", "--quiet", "--out",
@@ -44,7 +44,7 @@ def test_train_lego_tiny_writes_run_folder(tmp_path):
     assert p2.returncode == 0, p2.stderr[-2000:]
     assert (tmp_path / "runs" / "lego_tiny_1" / "config.yaml").exists()
     assert len(read_metrics(run)) == len(read_metrics(run))  # first run untouched
-    assert [m for m in read_metrics(run) if m.get("eval")][-1]["step"] == 150
+    assert [m for m in read_metrics(run) if m.get("eval")][-1]["step"] == 300
 
 
 def test_kill_and_resume_continues_from_checkpoint(tmp_path):
@@ -57,7 +57,7 @@ def test_kill_and_resume_continues_from_checkpoint(tmp_path):
                             stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt_dir = tmp_path / "runs" / "r" / "ckpt"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(ckpt_dir.glob("step_0000040.pt")):
+    while time.time() < deadline and proc.poll() is None and not list(ckpt_dir.glob("step_0000040.pt")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
