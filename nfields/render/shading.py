@@ -43,6 +43,7 @@ otherwise it is Karis' split-sum approximation (lighting and BRDF integrated sep
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -314,6 +315,7 @@ def shade_pbr_mc(
     env,
     n_samples: int = 64,
     generator: torch.Generator | None = None,
+    visibility: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Monte Carlo reference of ``integral f(v, l) L(l) (n.l) dl`` -> linear HDR rgb (N, 3), same BRDF as
     :func:`brdf_cook_torrance`, lighting from ``env.radiance``.
@@ -323,6 +325,8 @@ def shade_pbr_mc(
     ``p_s pdf_ggx + (1 - p_s) pdf_cos`` -- one-sample MIS with the balance heuristic, unbiased and robust for both
     mirror-like metals and matte dielectrics. ``generator`` (a CPU ``torch.Generator``) makes it reproducible.
     Differentiable (path derivatives through the sampled directions). Memory: processed ~1M samples at a time.
+    ``visibility`` (optional, for shadows) maps the sampled world light directions (N, k, 3) of the N points to
+    (N, k) in [0, 1]: 0 where the scene blocks the environment.
     """
     dev = normals.device
     roughness, metallic = _col(roughness), _col(metallic)
@@ -364,6 +368,8 @@ def shade_pbr_mc(
         per_sample = [_repeat(x, k) for x in (normals, view_dirs, albedo, roughness, metallic)]
         f = brdf_cook_torrance(per_sample[0], per_sample[1], lw.reshape(-1, 3), *per_sample[2:]).reshape(n_pts, k, 3)
         radiance = env.radiance(lw.reshape(-1, 3)).reshape(n_pts, k, 3)
+        if visibility is not None:
+            radiance = radiance * visibility(lw).reshape(n_pts, k, 1).to(radiance)
         ok = (nl > 1e-6) & (pdf > 0)
         contrib = torch.where(ok, f * radiance * nl / pdf.clamp_min(1e-12), torch.zeros_like(f))
         total = total + contrib.sum(1)

@@ -1,0 +1,100 @@
+"""SDF + PBR: a NeuS-style signed distance field whose colour is *shaded*, not predicted (the MatDecompSDF recipe).
+
+Per sample the field predicts materials from its geometry features -- albedo (linear, 3), roughness and metallic --
+and shades them with the split-sum GGX + Lambert model of :mod:`nfields.render.shading` under a learned HDR
+environment (:class:`~nfields.render.envmap.LearnedEnvironment`, 16x32 log-radiance texels by default), using the
+SDF normal and the view direction. The result is linear radiance, clipped and encoded to sRGB like the images
+(a camera's exposure is absorbed into the light's scale).
+
+Why it keeps the neural colour head of :class:`~nfields.fields.sdf.SDFField`: training runs in two stages (the
+trainer switches ``shading`` from ``"neural"`` to ``"pbr"``), geometry first with the flexible head, which
+converges faster and more reliably, then materials and light on a settled surface.
+
+Scale ambiguity: ``albedo x light`` is only determined up to a per-channel factor (a twice brighter sky and a half
+as bright albedo render the same). Nothing in training pins it; the light starts at a neutral grey of 1.0 and
+albedo is bounded to [0.03, 1], and evaluation aligns albedo per channel (least squares) before PSNR, as the
+inverse-rendering literature (NeRFactor, TensoIR) does. Relighting with a new map uses the learned albedo as is.
+
+``render_mode`` selects what :meth:`color` returns for the renderer to composite: ``rgb`` (shaded, sRGB),
+``albedo`` (sRGB), ``roughness``, ``metallic`` (grey, linear) -- the material maps for evaluation and the viewer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nfields.errors import NFieldsError
+from nfields.fields.sdf import SDFField, mlp
+from nfields.render.envmap import LearnedEnvironment
+from nfields.render.shading import linear_to_srgb, shade_pbr
+
+RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
+MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
+
+
+class PBRField(SDFField):
+    """SDF geometry + material head + learned environment light, shaded physically (see the module docstring).
+
+    Extra arguments over :class:`SDFField`: ``material_hidden``/``material_layers`` (the material MLP on geometry
+    features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
+    ``up_axis`` of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes).
+    """
+
+    def __init__(
+        self,
+        aabb,
+        material_hidden: int = 64,
+        material_layers: int = 2,
+        env_height: int = 16,
+        env_init: float = 1.0,
+        up_axis: str = "z",
+        **sdf_kwargs,
+    ):
+        super().__init__(aabb, **sdf_kwargs)
+        geo_feat_dim = self.color_net[0].in_features - 3 - self.dir_enc.out_dim
+        self.material_net = mlp(geo_feat_dim, material_hidden, material_layers, 5)
+        self.env = LearnedEnvironment(env_height, 2 * env_height, init=env_init, up_axis=up_axis)
+        self.shading = "pbr"
+        self.render_mode = "rgb"
+        # Not a sub-module: a relight map is a rendering choice, never part of the checkpoint.
+        object.__setattr__(self, "relight_env", None)
+
+    def relight(self, env) -> None:
+        """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
+        None goes back to the learned one."""
+        object.__setattr__(self, "relight_env", env)
+
+    def materials(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Albedo (N, 3) linear in [0.03, 1], roughness (N,) in [0.08, 1], metallic (N,) in [0, 1]."""
+        m = torch.sigmoid(self.material_net(features))
+        albedo = MIN_ALBEDO + (1 - MIN_ALBEDO) * m[:, :3]
+        return albedo, MIN_ROUGHNESS + (1 - MIN_ROUGHNESS) * m[:, 3], m[:, 4]
+
+    def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
+        """What ``render_mode`` asks for, (N, 3) in [0, 1]; ``rgb`` is shaded under the learned (or relight) light
+        once ``shading == "pbr"``, and comes from the neural head before that."""
+        if self.render_mode not in RENDER_MODES:
+            raise NFieldsError(f"render_mode {self.render_mode!r}: choose one of {', '.join(RENDER_MODES)}")
+        if self.render_mode == "rgb" and self.shading != "pbr":
+            return super().color(features, dirs, normals)
+        albedo, rough, metal = self.materials(features)
+        if self.render_mode == "albedo":
+            return linear_to_srgb(albedo)
+        if self.render_mode in ("roughness", "metallic"):
+            v = rough if self.render_mode == "roughness" else metal
+            return v[:, None].expand(-1, 3)
+        if normals is None:
+            raise NFieldsError("PBRField.color needs normals to shade")
+        env = self.relight_env if self.relight_env is not None else self.env
+        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env)
+        return linear_to_srgb(linear.clamp(0.0, 1.0))
+
+    def material_smoothness(self, x: Tensor, eps: float = 0.01) -> Tensor:
+        """Mean |m(x) - m(x + delta)| of albedo, roughness and metallic at points x (N, 3), delta ~ N(0, eps^2):
+        materials should change at edges, not everywhere (MatDecompSDF's smoothness prior)."""
+        both = torch.cat([x, x + eps * torch.randn_like(x)], 0)
+        a, r, m = self.materials(self.geometry(both)[1])
+        mats = torch.cat([a, r[:, None], m[:, None]], -1)
+        n = x.shape[0]
+        return (mats[:n] - mats[n:]).abs().mean()
