@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -126,6 +126,125 @@ class Fields:
             print(f"{name:10s} {opts}")
 
 
+@dataclass
+class Export:
+    """Export a run's surface as a mesh: GLB/glTF/OBJ with UVs and baked PBR textures, or PLY with vertex colours."""
+
+    run: Annotated[Path, tyro.conf.arg(metavar="RUN")]
+    """Run folder (runs/<name>) with at least one checkpoint."""
+    # A plain string checked by export_run, so a wrong name is the usual one-line error, not tyro's box.
+    format: str = "glb"
+    """glb (one file), gltf (+ .bin + PNGs), obj (+ .mtl + PBR PNGs) or ply (vertex colours, no textures)."""
+    resolution: int = 256
+    """Marching-cubes samples per axis over the field's bounds."""
+    texture_size: int = 1024
+    """Baked texture side in texels (glb/gltf/obj)."""
+    decimate: int = 0
+    """Decimate to about this many faces (0 = keep all)."""
+    level: float | None = None
+    """Iso-level: SDF value (default 0) or density (default 2.5; lower it for a barely trained run)."""
+    cull: bool = True
+    """Drop faces no training camera sees (--no-cull keeps them)."""
+    out: Path | None = None
+    """Output file (default <run>/export/mesh.<format>)."""
+
+    def main(self):
+        """Extract, clean, bake and write the mesh; print the path, face count and seconds."""
+        from nfields.export.run_export import export_run
+
+        r = export_run(
+            self.run, self.format, out=self.out, resolution=self.resolution, texture_size=self.texture_size,
+            decimate_faces=self.decimate, level=self.level, cull=self.cull,
+        )  # fmt: skip
+        if r.material == "color":
+            print("material: albedo baked from the field's colour (lighting included), roughness 1, metallic 0")
+        elif r.material == "field":
+            print("material: albedo, roughness, metallic and normals baked from the field's material head")
+        if r.frame == "original":
+            print("coordinates: the dataset's original frame (scene scale_mat applied)")
+        print(f"exported {r.path}: {r.faces} faces, {r.vertices} vertices, {r.seconds:.1f} s")
+        return r
+
+
+@dataclass
+class View:
+    """Open the web viewer on a finished run (live renders of its field) or on a mesh file (.glb/.gltf/.ply/.obj)."""
+
+    target: Annotated[Path, tyro.conf.arg(metavar="TARGET")]
+    """Run folder (runs/<name>) or mesh file."""
+    host: str = "127.0.0.1"
+    """Address to serve on; 0.0.0.0 exposes it to the network and must be asked for."""
+    port: int = 8080
+    """Port (a busy one moves to the next free port)."""
+    seconds: float = 0.0
+    """Serve this long, then exit (0 = until Ctrl-C)."""
+
+    def main(self) -> None:
+        """Serve until Ctrl-C or --seconds."""
+        from nfields.viewer.live import view_target
+
+        view_target(self.target, host=self.host, port=self.port, seconds=self.seconds)
+
+
+@dataclass
+class MakeScene:
+    """Write a DTU-layout scene with ground truth (mesh, albedo/roughness/metallic/normal images, relit views),
+    rendered physically (GGX + Lambert, HDR environment light, shadows) by nfields itself."""
+
+    out: Annotated[Path, tyro.conf.arg(metavar="OUT")]
+    """New scene folder (train on it with `nfields train --scene OUT`)."""
+    envmap: Path = Path("../shared/data/envmaps/venice_sunset_1k.hdr")
+    """Equirectangular .hdr environment map lighting the scene."""
+    mesh: Path | None = None
+    """Watertight mesh (OBJ/PLY/...); default: the analytic demo shape."""
+    views: int = 48
+    """Number of views (every 8th is held out)."""
+    size: int = 200
+    """Image side in pixels."""
+    spp: int = 64
+    """Light samples per pixel."""
+    up: str = "y"
+    """The mesh file's up axis (y or z)."""
+    relight_rotation: float = 90.0
+    """Second light for the relit ground truth: the map turned this many degrees about the up axis."""
+
+    def main(self) -> Path:
+        """Render and write the scene; print where it went."""
+        from nfields.data.pbr_scene import PBRSceneConfig, make_pbr_scene
+
+        if not self.envmap.is_file():
+            from nfields.errors import NFieldsError
+
+            raise NFieldsError(f"{self.envmap}: environment map not found")
+        cfg = PBRSceneConfig(self.views, self.size, self.spp, self.up, self.relight_rotation)
+        out = make_pbr_scene(self.out, self.envmap, self.mesh, cfg)
+        print(f"scene: {out} ({self.views} views {self.size}x{self.size}); train: nfields train --scene {out}")
+        return out
+
+
+@dataclass
+class Eval:
+    """Evaluate a finished run: held-out PSNR/SSIM, mask IoU, and on scenes with ground truth Chamfer, normal MAE,
+    albedo PSNR (scale-aligned) and relit PSNR; written to RUN/eval.json."""
+
+    run: Annotated[Path, tyro.conf.arg(metavar="RUN")]
+    """Run folder (runs/<name>)."""
+    downscale: int = 1
+    """Evaluate at 1/downscale resolution."""
+    mesh_resolution: int = 192
+    """Marching-cubes resolution for Chamfer / normal error."""
+
+    def main(self) -> dict:
+        """Compute, print and save the metrics."""
+        import json
+
+        from nfields.train.evaluate import evaluate_run
+
+        out = evaluate_run(self.run, downscale=self.downscale, mesh_resolution=self.mesh_resolution)
+        print(json.dumps(out, indent=1))
+        return out
+
+
 def _commands() -> dict[str, type]:
     from nfields.tasks.image import FitImage
     from nfields.tasks.sdf import FitSdf
@@ -136,6 +255,10 @@ def _commands() -> dict[str, type]:
         "fields": Fields,
         "fit-image": FitImage,
         "fit-sdf": FitSdf,
+        "export": Export,
+        "view": View,
+        "make-scene": MakeScene,
+        "eval": Eval,
     }
     return cmds
 

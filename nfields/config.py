@@ -43,8 +43,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The field: a registered network backend inside a radiance field."""
+    """The field: a registered network backend inside a radiance (density) field or a NeuS-style SDF field."""
 
+    kind: str = "density"
+    """Geometry representation: density (radiance field, NeRF) or sdf (signed distance + NeuS rendering, for surface
+    reconstruction; normals and meshes come from the zero level set)."""
     network: str = "hashgrid"
     """Geometry network backend (see `nfields train --help`; e.g. mlp, hashgrid, cam, rbf)."""
     network_options: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +55,15 @@ class ModelConfig:
     geo_feat_dim: int = 15
     color_hidden: int = 64
     color_layers: int = 2
+    sdf_init_radius: float = 0.5
+    """SDF fields start as a sphere of this radius (world units) at the origin."""
+    sdf_normals: str = "analytic"
+    """How SDF fields take their gradient: analytic (autograd, double backward in training; ~3x faster than finite
+    differences with the torch backends on a CPU) or finite_difference (6 extra evaluations; for backends without a
+    double backward, e.g. tiny-cuda-nn)."""
+
+
+MODEL_KINDS = ("density", "sdf")
 
 
 @dataclass
@@ -81,6 +93,15 @@ class TrainConfig:
     """torch CPU threads (0 = torch's default)."""
     mask_loss: float = 0.1
     """Weight of the opacity-vs-mask BCE loss when masks are used."""
+    eikonal: float = 0.1
+    """SDF fields: weight of the Eikonal loss (|grad sdf| - 1)^2 at the ray samples and at random points in the aabb."""
+    eikonal_points: int = 1024
+    """SDF fields: random points in the aabb per step added to the Eikonal loss (keeps empty space a distance field)."""
+    cos_anneal_steps: int = 500
+    """SDF fields: NeuS's cos_anneal_ratio goes 0 -> 1 linearly over this many steps (0 = 1 from the start)."""
+    mesh_eval_resolution: int = 128
+    """SDF fields with a known surface (the demo scene): marching-cubes resolution of the final Chamfer / normal
+    evaluation (0 = skip it)."""
 
 
 @dataclass

@@ -59,6 +59,8 @@ class PBRField(SDFField):
         self.render_mode = "rgb"
         # Not a sub-module: a relight map is a rendering choice, never part of the checkpoint.
         object.__setattr__(self, "relight_env", None)
+        # Per-channel albedo factor for evaluation/relighting after scale alignment (see the module docstring).
+        object.__setattr__(self, "albedo_gain", None)
 
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
@@ -69,6 +71,8 @@ class PBRField(SDFField):
         """Albedo (N, 3) linear in [0.03, 1], roughness (N,) in [0.08, 1], metallic (N,) in [0, 1]."""
         m = torch.sigmoid(self.material_net(features))
         albedo = MIN_ALBEDO + (1 - MIN_ALBEDO) * m[:, :3]
+        if self.albedo_gain is not None:
+            albedo = (albedo * self.albedo_gain.to(albedo)).clamp(0.0, 1.0)
         return albedo, MIN_ROUGHNESS + (1 - MIN_ROUGHNESS) * m[:, 3], m[:, 4]
 
     def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
@@ -89,6 +93,10 @@ class PBRField(SDFField):
         env = self.relight_env if self.relight_env is not None else self.env
         linear = shade_pbr(normals, -dirs, albedo, rough, metal, env)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
+
+    def set_albedo_gain(self, gain: Tensor | None) -> None:
+        """Multiply albedo by a per-channel factor (3,) from now on (None: off); not part of the checkpoint."""
+        object.__setattr__(self, "albedo_gain", None if gain is None else torch.as_tensor(gain, dtype=torch.float32))
 
     def material_smoothness(self, x: Tensor, eps: float = 0.01) -> Tensor:
         """Mean |m(x) - m(x + delta)| of albedo, roughness and metallic at points x (N, 3), delta ~ N(0, eps^2):

@@ -60,6 +60,8 @@ class SDFField(Field):
         self.normal_mode = normals
         self.fd_eps = fd_eps
         self.cos_anneal_ratio = 1.0
+        # Floor of the occupancy shell's half-width (world units); see density().
+        self.min_shell_width = 2.0 / 64.0
 
     def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """SDF (N,) in world units and features (N, geo_feat_dim)."""
@@ -74,10 +76,14 @@ class SDFField(Field):
     def geometry_and_gradient(self, x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """SDF (N,), features (N, F) and the SDF gradient (N, 3) (finite differences or autograd)."""
         if self.normal_mode == "analytic":
+            grad_was_on = torch.is_grad_enabled()
             with torch.enable_grad():
                 x = x if x.requires_grad else x.detach().requires_grad_(True)
                 sdf, feat = self.geometry(x)
                 (grad,) = torch.autograd.grad(sdf.sum(), x, create_graph=create_graph)
+            if not grad_was_on:
+                # Called under no_grad (rendering, evaluation): drop the graph built only to get the gradient.
+                sdf, feat = sdf.detach(), feat.detach()
             return sdf, feat, grad
         sdf, feat = self.geometry(x)
         e = self.fd_eps
@@ -101,11 +107,14 @@ class SDFField(Field):
     def density(self, x: Tensor) -> Tensor:
         """Occupancy proxy for the grid: high within a shell around the surface whose width shrinks with s.
 
-        The shell keeps at least ``fd``-scale width (2/64 of the box) so a coarse cell crossing the surface is never
-        dropped when s is large.
+        The shell's half-width never drops below ``min_shell_width`` (default 2/64), so a cell crossing the surface
+        is not dropped when s is large: one jittered point per cell always lands in the shell when the cell's
+        diagonal is below it (grids of >= 111 cells over a [-1, 1] box). Coarser grids rely on the grid's EMA (an
+        occupied cell decays over ~100 updates) to keep surface cells; set ``min_shell_width`` to the cell diagonal
+        for a single-update guarantee.
         """
         sdf = self.sdf(x)
-        width = max(2.0 / 64.0, 4.0 / float(self.inv_s()))
+        width = max(self.min_shell_width, 4.0 / float(self.inv_s()))
         return 100.0 * torch.sigmoid((width - sdf.abs()) * 200.0)
 
 

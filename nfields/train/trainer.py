@@ -1,4 +1,8 @@
-"""The radiance-field trainer: data -> rays -> renderer -> loss -> Adam, with durable run folders.
+"""The trainer: data -> rays -> renderer -> loss -> Adam, with durable run folders.
+
+``model.kind`` picks the field: ``density`` (a radiance field) or ``sdf`` (a NeuS-style signed distance field,
+trained with the Eikonal and mask losses and NeuS's cos-anneal; on a scene with a known surface the final
+evaluation adds Chamfer-L1 and normal error, see :mod:`nfields.train.geometry_eval`).
 
 Example::
 
@@ -24,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nfields.config import RunConfig, save_config
+from nfields.config import MODEL_KINDS, RunConfig, save_config
 from nfields.data import load_scene
 from nfields.data.rays import RayBatcher
 from nfields.errors import NFieldsError
 from nfields.fields import count_parameters, param_groups
 from nfields.fields.radiance import RadianceField
+from nfields.fields.sdf import SDFField, eikonal_loss
 from nfields.render.renderer import Renderer
 from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from nfields.train.metrics import psnr, ssim
@@ -66,7 +71,7 @@ def colorize_depth(depth: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Trains a radiance field on a scene and writes a run folder.
+    """Trains a radiance field or an SDF field (``cfg.model.kind``) on a scene and writes a run folder.
 
     ``run_dir`` must exist (see :func:`nfields.train.checkpoint.new_run_dir`); with ``resume=True`` the newest
     checkpoint in it is loaded and training continues from its step. ``viewer`` (optional) is any object with
@@ -101,11 +106,7 @@ class Trainer:
             bg = torch.zeros(3)
         self.background = bg
 
-        m = cfg.model
-        self.field = RadianceField(
-            self.scene.aabb, network=m.network, network_options=dict(m.network_options), geo_feat_dim=m.geo_feat_dim,
-            color_hidden=m.color_hidden, color_layers=m.color_layers,
-        )  # fmt: skip
+        self.field = build_field(cfg, self.scene.aabb)
         self.renderer = Renderer(self.field, cfg.render, near=self.scene.near, far=self.scene.far)
         self.optimizer = torch.optim.Adam(param_groups(self.field, t.lr), lr=t.lr, eps=1e-15)
         decay = math.log(max(t.lr_final_ratio, 1e-8)) / max(t.steps - t.warmup_steps, 1)
@@ -168,10 +169,18 @@ class Trainer:
             return save_checkpoint(self.run_dir, self.step, self.state_dict())
 
     # ----------------------------------------------------------------------------------------------- training
+    @property
+    def is_sdf(self) -> bool:
+        """True when the field is a signed distance field."""
+        return self.field.kind == "sdf"
+
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr."""
         t = self.cfg.train
         self.renderer.train()
+        if self.is_sdf:
+            # NeuS: alpha ignores the view angle early on (ratio 0), so the surface can form before it sharpens.
+            self.field.cos_anneal_ratio = min(1.0, self.step / t.cos_anneal_steps) if t.cos_anneal_steps > 0 else 1.0
         self.renderer.update_grid(self.step)
         self.batcher.batch_size = self.n_rays
         batch = self.batcher.next()
@@ -184,7 +193,13 @@ class Trainer:
         if self.use_masks and batch.mask is not None and t.mask_loss > 0:
             op = out.opacity.clamp(1e-4, 1 - 1e-4)
             loss = loss + t.mask_loss * F.binary_cross_entropy(op, batch.mask)
+        extra: dict[str, float] = {}
+        if self.is_sdf and t.eikonal > 0:
+            eik = self.eikonal_term(out.extras.get("sdf_grad"))
+            loss = loss + t.eikonal * eik
+            extra = {"eikonal": eik.item(), "inv_s": self.field.inv_s().item()}
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
+        stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
         if not torch.isfinite(loss):
             self.bad_steps += 1
@@ -214,14 +229,26 @@ class Trainer:
             self.n_rays = int(min(max(want, 256), t.max_batch_rays))
         return stats
 
+    def eikonal_term(self, sample_grad: torch.Tensor | None) -> torch.Tensor:
+        """Eikonal loss over the ray samples' SDF gradients plus ``train.eikonal_points`` random points in the aabb."""
+        grads = [] if sample_grad is None or len(sample_grad) == 0 else [sample_grad]
+        n = self.cfg.train.eikonal_points
+        if n > 0:
+            lo, hi = self.field.aabb[:3], self.field.aabb[3:]
+            x = lo + (hi - lo) * torch.rand(n, 3, device=lo.device)
+            grads.append(self.field.geometry_and_gradient(x, create_graph=True)[2])
+        if not grads:
+            return torch.zeros(())
+        return eikonal_loss(torch.cat(grads))
+
     def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict[str, float]:
         """Train to ``cfg.train.steps`` (or the time budget), evaluating and checkpointing; returns the final eval."""
         t = self.cfg.train
         if self.step == 0:
             tqdm.write(
                 f"{self.scene.name}: {len(self.scene.train_ids)} train / {len(self.scene.test_ids)} held-out views "
-                f"at {self.scene.cameras.width}x{self.scene.cameras.height}; field {self.cfg.model.network} "
-                f"({self.n_params / 1e6:.2f} M params); run {self.run_dir}"
+                f"at {self.scene.cameras.width}x{self.scene.cameras.height}; {self.field.kind} field "
+                f"{self.cfg.model.network} ({self.n_params / 1e6:.2f} M params); run {self.run_dir}"
             )
         bar = tqdm(
             total=t.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, desc="train",
@@ -269,6 +296,14 @@ class Trainer:
             f"step {self.step}: held-out PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f} "
             f"({result['n_views']} views, {self.elapsed:.0f} s training)"
         )
+        if self.is_sdf and t.mesh_eval_resolution > 0:
+            geo = self.evaluate_geometry()
+            if geo:
+                result.update(geo)
+                tqdm.write(
+                    f"step {self.step}: Chamfer-L1 {geo['chamfer_l1']:.4f} (normalised units), normal error "
+                    f"{geo['normal_mae_deg']:.1f} deg"
+                )
         return result
 
     # ----------------------------------------------------------------------------------------------- evaluation
@@ -307,8 +342,11 @@ class Trainer:
             psnrs.append(psnr(pred, gt, mask))
             ssims.append(ssim(pred, gt))
             if save:
-                depth = colorize_depth(r["depth"], r["opacity"])
-                save_png(out_dir / f"view_{i:03d}.png", torch.cat([pred, gt, depth], dim=1))
+                panels = [pred, gt, colorize_depth(r["depth"], r["opacity"])]
+                if "normals" in r:
+                    # World normals as colours, only where the surface was hit.
+                    panels.append((r["normals"] * 0.5 + 0.5) * (r["opacity"] > 0.5)[..., None])
+                save_png(out_dir / f"view_{i:03d}.png", torch.cat(panels, dim=1))
         result = {
             "step": self.step,
             "eval": True,
@@ -323,3 +361,40 @@ class Trainer:
             tqdm.write(f"step {self.step}: held-out PSNR {result['psnr']:.2f} dB ({len(ids)} views)")
         self.renderer.train()
         return result
+
+    def evaluate_geometry(self) -> dict[str, float] | None:
+        """SDF runs on a scene with a known surface (the demo scene): mesh the field, write it to renders/, and
+        measure Chamfer-L1 and normal error (:func:`~nfields.train.geometry_eval.evaluate_geometry`); the result
+        is logged to metrics.jsonl. None when there is no reference surface."""
+        from nfields.data.synthetic import cache_dir
+        from nfields.train.geometry_eval import demo_reference_mesh, evaluate_geometry
+
+        demo_root = cache_dir() / "scenes" / "demo"
+        if not self.is_sdf or not demo_root.exists() or Path(self.scene.root).resolve() != demo_root.resolve():
+            return None
+        out_dir = self.run_dir / "renders" / f"step_{self.step:07d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            geo = evaluate_geometry(
+                self.field, demo_reference_mesh(), resolution=self.cfg.train.mesh_eval_resolution,
+                save_mesh=out_dir / "mesh.ply",
+            )  # fmt: skip
+        rounded = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in geo.items()}
+        self.metrics.write({"step": self.step, "geometry": True, **rounded})
+        return geo
+
+
+def build_field(cfg: RunConfig, aabb: torch.Tensor):
+    """The field ``cfg.model`` describes, over ``aabb``: a RadianceField (kind density) or an SDFField (kind sdf)."""
+    m = cfg.model
+    if m.kind not in MODEL_KINDS:
+        raise NFieldsError(f"model.kind {m.kind!r}: unknown kind; valid: {', '.join(MODEL_KINDS)}")
+    common = dict(
+        network=m.network, network_options=dict(m.network_options), geo_feat_dim=m.geo_feat_dim,
+        color_hidden=m.color_hidden, color_layers=m.color_layers,
+    )  # fmt: skip
+    if m.kind == "density":
+        return RadianceField(aabb, **common)
+    if m.sdf_normals not in ("finite_difference", "analytic"):
+        raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, **common)

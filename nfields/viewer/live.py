@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from nfields.data.cameras import Cameras
+from nfields.errors import NFieldsError
 
 
 class LiveRenderer:
@@ -81,8 +84,20 @@ class LiveRenderer:
             time.sleep(spent * (1.0 / self.duty_cycle - 1.0))
 
 
-def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080):
-    """Start the viser viewer on a trainer; prints its URL and returns the Viewer (ImportError without viser)."""
+def start_live_viewer(
+    trainer,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    duty_cycle: float = 0.25,
+    allow_save: bool = True,
+    on_export: Callable[[], str] | None = None,
+):
+    """Start the viser viewer on a trainer; prints its URL and returns the Viewer (ImportError without viser).
+
+    ``duty_cycle``: the share of wall time renders may use (training keeps the rest; 1.0 for a finished run).
+    ``allow_save``: show "Save checkpoint" (off for a finished run: there is nothing new to save).
+    ``on_export``: the "Export mesh" callback (returns the written path), None hides the button.
+    """
     from nfields.viewer.server import Viewer
 
     scene = trainer.scene
@@ -91,7 +106,7 @@ def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080):
     # Small thumbnails for the frustums: nearest-neighbour downsampling of the uint8 images, no float copies.
     step = max(1, max(cams.width, cams.height) // 96)
     thumbs = scene.images[ids][:, ::step, ::step].numpy()
-    render = LiveRenderer(trainer)
+    render = LiveRenderer(trainer, duty_cycle=duty_cycle)
 
     def occupancy_points() -> np.ndarray:
         grid = trainer.renderer.grid
@@ -109,7 +124,48 @@ def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080):
         thumbnails=thumbs,
         aabb=trainer.field.aabb.numpy(),
         occupancy_points_fn=occupancy_points,
-        on_save=lambda: str(trainer.save()),
+        on_save=(lambda: str(trainer.save())) if allow_save else None,
+        on_export=on_export,
     )
     print(f"viewer: {viewer.url}", flush=True)
     return viewer
+
+
+def view_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, seconds: float = 0.0) -> None:
+    """Serve a finished run (its latest checkpoint) in the viewer until Ctrl-C, or for ``seconds`` when > 0.
+
+    Renders use the whole CPU (nothing trains); "Export mesh" writes ``<run>/export/mesh.glb`` and shows it.
+    """
+    from nfields.export.run_export import export_trainer
+    from nfields.train.checkpoint import list_checkpoints
+    from nfields.train.render_run import open_run
+    from nfields.viewer.server import serve_until
+
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file() and not list_checkpoints(run_dir):
+        raise NFieldsError(f"{run_dir}: the run has no checkpoint yet (train it first: ckpt/ is empty)")
+    trainer = open_run(run_dir)
+    trainer.renderer.eval()
+    viewer = start_live_viewer(
+        trainer, host=host, port=port, duty_cycle=1.0, allow_save=False,
+        on_export=lambda: str(export_trainer(trainer, run_dir / "export" / "mesh.glb").path),
+    )  # fmt: skip
+    try:
+        serve_until(seconds)
+    finally:
+        viewer.close(wait=True)
+
+
+def view_target(target: str | Path, host: str = "127.0.0.1", port: int = 8080, seconds: float = 0.0) -> None:
+    """``nfields view TARGET``: a run folder (:func:`view_run`) or a mesh file (:func:`~nfields.viewer.view_mesh`)."""
+    from nfields.viewer.server import MESH_SUFFIXES, view_mesh
+
+    target = Path(target)
+    if target.is_dir():
+        view_run(target, host=host, port=port, seconds=seconds)
+    elif target.is_file():
+        if target.suffix.lower() not in MESH_SUFFIXES:
+            raise NFieldsError(f"{target}: not a run folder or a mesh file ({', '.join(MESH_SUFFIXES)})")
+        view_mesh(target, host=host, port=port, seconds=seconds)
+    else:
+        raise NFieldsError(f"{target}: no such run folder or mesh file")

@@ -29,7 +29,7 @@ from nfields.viewer.render_loop import CameraState, ErrorLog, FrameInfo, RenderF
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Viewer", "ViewCamera", "RenderFn", "view_mesh", "MESH_SUFFIXES"]
+__all__ = ["Viewer", "ViewCamera", "RenderFn", "view_mesh", "serve_until", "MESH_SUFFIXES"]
 
 MESH_SUFFIXES = (".glb", ".gltf", ".ply", ".obj", ".stl", ".off")
 # glTF is +Y up, the project's world +Z up (nfields/export/gltf.py bakes the -90 deg X rotation into the vertices);
@@ -538,8 +538,8 @@ def _mesh_to_glb(mesh) -> tuple[bytes, np.ndarray, np.ndarray | None]:
     return glb, wxyz, bounds
 
 
-def view_mesh(path: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve one mesh file in the browser until Ctrl-C (``nfields view FILE.glb|ply|obj``)."""
+def view_mesh(path: str | Path, host: str = "127.0.0.1", port: int = 8080, seconds: float = 0.0) -> None:
+    """Serve one mesh file in the browser until Ctrl-C, or for ``seconds`` when > 0 (``nfields view FILE.glb``)."""
     viewer = Viewer(None, host=host, port=port)
     try:
         viewer.show_mesh(path)
@@ -551,9 +551,16 @@ def view_mesh(path: str | Path, host: str = "127.0.0.1", port: int = 8080) -> No
                 position=(*(0.5 * (lo[:2] + hi[:2])), lo[2]),
             )  # fmt: skip
         print(f"viewer: {viewer.url}  (Ctrl-C to stop)", flush=True)
-        while True:
-            time.sleep(1.0)
+        serve_until(seconds)
+    finally:
+        viewer.close(wait=True)
+
+
+def serve_until(seconds: float = 0.0) -> None:
+    """Block until Ctrl-C, or for ``seconds`` when > 0 (the viewer serves from its own threads meanwhile)."""
+    deadline = time.monotonic() + seconds if seconds > 0 else math.inf
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
     except KeyboardInterrupt:
         pass
-    finally:
-        viewer.close()
