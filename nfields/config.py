@@ -61,9 +61,17 @@ class ModelConfig:
     """How SDF fields take their gradient: analytic (autograd, double backward in training; ~3x faster than finite
     differences with the torch backends on a CPU) or finite_difference (6 extra evaluations; for backends without a
     double backward, e.g. tiny-cuda-nn)."""
+    shading: str = "neural"
+    """SDF fields: neural (a colour MLP of normal, view direction and features) or pbr (materials -- albedo, roughness,
+    metallic -- shaded with GGX + Lambert under a learned HDR environment; relightable; see fields/pbr.py)."""
+    env_height: int = 16
+    """pbr: the learned environment map is env_height x 2 env_height texels (log radiance)."""
+    env_up_axis: str = "z"
+    """pbr: the scene's up axis for the environment map (z: generated scenes; -y: normalised DTU)."""
 
 
 MODEL_KINDS = ("density", "sdf")
+SHADINGS = ("neural", "pbr")
 
 
 @dataclass
@@ -97,6 +105,11 @@ class TrainConfig:
     """SDF fields: weight of the Eikonal loss (|grad sdf| - 1)^2 at the ray samples and at random points in the aabb."""
     eikonal_points: int = 1024
     """SDF fields: random points in the aabb per step added to the Eikonal loss (keeps empty space a distance field)."""
+    pbr_start: int = 0
+    """pbr shading: the step at which the physically based colour takes over from the neural head (two stages:
+    geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
+    material_smoothness: float = 0.01
+    """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
     cos_anneal_steps: int = 500
     """SDF fields: NeuS's cos_anneal_ratio goes 0 -> 1 linearly over this many steps (0 = 1 from the start)."""
     mesh_eval_resolution: int = 128
@@ -208,12 +221,16 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def scene_key(scene: str, sections: dict) -> str | None:
-    """The preset section for a scene argument: its folder name, or ``dtu`` for any other DTU scan."""
+    """The preset section for a scene argument: its folder name, ``dtu`` for any other DTU scan, ``pbr`` for a
+    scene written by ``nfields make-scene``."""
     name = Path(scene).name
     if name in sections:
         return name
     if name.startswith("dtu_") and "dtu" in sections:
         return "dtu"
+    # Scenes written by `nfields make-scene` (they carry gt/scene.json) are SDF + PBR reconstructions.
+    if "pbr" in sections and any((Path(root) / scene / "gt" / "scene.json").is_file() for root in ("", "data")):
+        return "pbr"
     return None
 
 

@@ -46,6 +46,8 @@ class RenderConfig:
     """Rays per chunk when rendering whole images (memory bound)."""
     stratified: bool = True
     """Jitter sample positions in training (never in eval)."""
+    color_weight_thre: float = 1e-4
+    """SDF fields: samples whose weight is below this are not coloured (0 = colour every sample)."""
 
 
 class Renderer(nn.Module):
@@ -153,10 +155,18 @@ class Renderer(nn.Module):
         if self.field.kind == "sdf":
             sdf, feat, grad = self._sdf_and_gradient(x)
             normals = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            rgb_s = self.field.color(feat, d, normals)
             anneal = float(getattr(self.field, "cos_anneal_ratio", 1.0))
             alphas = neus_alpha(sdf, grad, d, t1 - t0, self.field.inv_s(), anneal)
             weights, _ = render_weight_from_alpha(alphas, ri, n)
+            # Colour only where it can show: weights are known before colour for SDF fields, and shading (a PBR
+            # field's split-sum lookups) is the costly part of a sample. Skipped samples change a pixel by at most
+            # their summed weight (each < color_weight_thre).
+            keep = torch.nonzero(weights.detach() > cfg.color_weight_thre).squeeze(-1)
+            if len(keep) == len(weights):
+                rgb_s = self.field.color(feat, d, normals)
+            else:
+                shaded = self.field.color(feat[keep], d[keep], normals[keep])
+                rgb_s = shaded.new_zeros(len(weights), shaded.shape[-1]).index_copy(0, keep, shaded)
             normals_out = accumulate_along_rays(weights, normals, ri, n)
             extras["sdf"] = sdf
             extras["sdf_grad"] = grad

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nfields.config import MODEL_KINDS, RunConfig, save_config
+from nfields.config import MODEL_KINDS, SHADINGS, RunConfig, save_config
 from nfields.data import load_scene
 from nfields.data.rays import RayBatcher
 from nfields.errors import NFieldsError
@@ -135,6 +135,7 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         (self.run_dir / "renders").mkdir(exist_ok=True)
+        self.update_stage()
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +179,7 @@ class Trainer:
         """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr."""
         t = self.cfg.train
         self.renderer.train()
+        self.update_stage()
         if self.is_sdf:
             # NeuS: alpha ignores the view angle early on (ratio 0), so the surface can form before it sharpens.
             self.field.cos_anneal_ratio = min(1.0, self.step / t.cos_anneal_steps) if t.cos_anneal_steps > 0 else 1.0
@@ -198,6 +200,14 @@ class Trainer:
             eik = self.eikonal_term(out.extras.get("sdf_grad"))
             loss = loss + t.eikonal * eik
             extra = {"eikonal": eik.item(), "inv_s": self.field.inv_s().item()}
+        if getattr(self.field, "shading", "") == "pbr" and t.material_smoothness > 0:
+            hit = out.opacity.detach() > 0.5
+            if hit.any():
+                rays = batch.rays
+                p = rays.origins[hit] + out.depth.detach()[hit, None] * rays.directions[hit]
+                smooth = self.field.material_smoothness(p)
+                loss = loss + t.material_smoothness * smooth
+                extra["material_smoothness"] = smooth.item()
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
         stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
@@ -228,6 +238,11 @@ class Trainer:
             want = int(len(batch.rays) * t.target_samples / out.n_samples)
             self.n_rays = int(min(max(want, 256), t.max_batch_rays))
         return stats
+
+    def update_stage(self) -> None:
+        """PBR runs: the neural colour head until ``train.pbr_start``, physically based shading from then on."""
+        if hasattr(self.field, "shading") and self.cfg.model.shading == "pbr":
+            self.field.shading = "pbr" if self.step >= self.cfg.train.pbr_start else "neural"
 
     def eikonal_term(self, sample_grad: torch.Tensor | None) -> torch.Tensor:
         """Eikonal loss over the ray samples' SDF gradients plus ``train.eikonal_points`` random points in the aabb."""
@@ -397,4 +412,13 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         return RadianceField(aabb, **common)
     if m.sdf_normals not in ("finite_difference", "analytic"):
         raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    if m.shading not in SHADINGS:
+        raise NFieldsError(f"model.shading {m.shading!r}: valid: {', '.join(SHADINGS)}")
+    if m.shading == "pbr":
+        from nfields.fields.pbr import PBRField
+
+        return PBRField(
+            aabb, env_height=m.env_height, up_axis=m.env_up_axis, init_radius=m.sdf_init_radius,
+            normals=m.sdf_normals, **common,
+        )  # fmt: skip
     return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, **common)
