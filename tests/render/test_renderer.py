@@ -181,7 +181,8 @@ def test_occupancy_grid_skips_empty_space_without_changing_the_image():
 
 def test_analytic_sdf_sphere_depth_and_normals():
     field = SphereSDF(r=0.5, inv_s=500.0)
-    r = Renderer(field, RenderConfig(n_steps=512, grid_resolution=32, stratified=False))
+    # color_weight_thre=0: every sample is coloured, so rgb == colour x opacity exactly (checked below).
+    r = Renderer(field, RenderConfig(n_steps=512, grid_resolution=32, stratified=False, color_weight_thre=0.0))
     r.update_grid(0)
     r.eval()
     g = torch.Generator().manual_seed(0)
@@ -207,6 +208,10 @@ def test_analytic_sdf_sphere_depth_and_normals():
     assert out.opacity[far_miss].max().item() < 1e-3
     assert torch.allclose(out.rgb, 0.7 * out.opacity[:, None].expand(-1, 3), atol=1e-4)
     assert out.extras["sdf_grad"].shape == (out.n_samples, 3)
+    # The default skips colouring samples with weight < 1e-4: the image moves by at most their summed weight.
+    r.cfg.color_weight_thre = 1e-4
+    skipped = r(Rays(o, d))
+    assert (skipped.rgb - out.rgb).abs().max().item() < 5e-3
 
 
 def test_gradients_reach_density_field_parameters():
