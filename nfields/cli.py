@@ -212,10 +212,6 @@ class MakeScene:
         """Render and write the scene; print where it went."""
         from nfields.data.pbr_scene import PBRSceneConfig, make_pbr_scene
 
-        if not self.envmap.is_file():
-            from nfields.errors import NFieldsError
-
-            raise NFieldsError(f"{self.envmap}: environment map not found")
         cfg = PBRSceneConfig(self.views, self.size, self.spp, self.up, self.relight_rotation)
         out = make_pbr_scene(self.out, self.envmap, self.mesh, cfg)
         print(f"scene: {out} ({self.views} views {self.size}x{self.size}); train: nfields train --scene {out}")

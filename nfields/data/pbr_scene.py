@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nfields.data.cameras import Cameras
-from nfields.data.synthetic import demo_cameras, demo_normals, sphere_trace
+from nfields.data.synthetic import demo_cameras, demo_normals, sphere_trace, world_mat
 from nfields.errors import NFieldsError
 from nfields.render.shading import linear_to_srgb, shade_pbr_mc
 
@@ -126,18 +126,6 @@ def auto_exposure(env) -> float:
     w = texel_solid_angle(tex.shape[0], tex.shape[1]).reshape(tex.shape[0], -1)[..., None]
     mean_l = (tex * w).sum((0, 1)).mean() / (w.sum() * tex.shape[1])
     return float(0.5 / mean_l.clamp_min(1e-8))
-
-
-def world_mat(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> np.ndarray:
-    """DTU ``world_mat`` for a camera in this package's convention (pixel centres at +0.5), given ``scale_mat``."""
-    K_int = K.copy()
-    K_int[:2, 2] -= 0.5  # IDR/NeuS put pixel centres at integers
-    w2c = np.eye(4)
-    w2c[:3, :3] = c2w[:, :3].T
-    w2c[:3, 3] = -c2w[:, :3].T @ c2w[:, 3]
-    P = np.eye(4)
-    P[:3, :3] = K_int
-    return P @ w2c @ np.linalg.inv(scale_mat)
 
 
 @torch.no_grad()

@@ -175,8 +175,9 @@ def render_demo_views(cams: Cameras, ids: list[int], supersample: int = 2) -> tu
     return img, mask
 
 
-def _world_mat(K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    """DTU world_mat (4, 4) for a camera given in this package's convention, composed with DEMO_SCALE_MAT's inverse."""
+def world_mat(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray = DEMO_SCALE_MAT) -> np.ndarray:
+    """DTU ``world_mat`` (4, 4) for a camera in this package's convention (pixel centres at +0.5), given the
+    ``scale_mat`` that maps normalised -> original coordinates."""
     K_int = K.copy()
     K_int[:2, 2] -= 0.5  # IDR/NeuS put pixel centres at integers
     w2c = np.eye(4)
@@ -185,7 +186,7 @@ def _world_mat(K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     P = np.eye(4)
     P[:3, :3] = K_int
     # P_normalised = world_mat @ scale_mat, so world_mat = P_normalised @ scale_mat^-1.
-    return P @ w2c @ np.linalg.inv(DEMO_SCALE_MAT)
+    return P @ w2c @ np.linalg.inv(scale_mat)
 
 
 def generate_demo_scene(out: Path, n_views: int = 40, size: int = 200, seed: int = 0) -> Path:
@@ -210,7 +211,7 @@ def _generate(out: Path, n_views: int, size: int, seed: int) -> Path:
     cams = demo_cameras(n_views, size, seed)
     mats = {}
     for i in range(n_views):
-        mats[f"world_mat_{i}"] = _world_mat(cams.K[i].double().numpy(), cams.c2w[i].double().numpy())
+        mats[f"world_mat_{i}"] = world_mat(cams.K[i].double().numpy(), cams.c2w[i].double().numpy())
         mats[f"scale_mat_{i}"] = DEMO_SCALE_MAT.copy()
     # Batches of ~1.5M rays: fast, and memory stays in the hundreds of MB at any image size.
     per_batch = max(1, 1_500_000 // (size * size))

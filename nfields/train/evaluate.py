@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nfields.render.shading import linear_to_srgb, srgb_to_linear
 from nfields.train.metrics import psnr
 
 
@@ -28,15 +29,6 @@ def _gt_image(path: Path, shape: tuple[int, int], downscale: int) -> torch.Tenso
         img = img.resize((shape[1], shape[0]), Image.BOX)
     a = torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
     return a if a.ndim == 3 else a[..., None]
-
-
-def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-8) ** (1 / 2.4) - 0.055)
 
 
 def albedo_scale(pred_linear: torch.Tensor, gt_linear: torch.Tensor) -> torch.Tensor:
@@ -96,8 +88,8 @@ def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int =
             finally:
                 field.render_mode = "rgb"
             ga = _gt_image(gt_dir / "albedo" / f"{i:06d}.png", (h, w), ds)
-            alb_pred.append(_srgb_to_linear(a[m]))
-            alb_gt.append(_srgb_to_linear(ga[m]))
+            alb_pred.append(srgb_to_linear(a[m]))
+            alb_gt.append(srgb_to_linear(ga[m]))
     if ious:
         out["mask_iou"] = float(np.mean(ious))
     if normal_errs:
@@ -106,7 +98,7 @@ def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int =
         p, g = torch.cat(alb_pred), torch.cat(alb_gt)
         k = albedo_scale(p, g)
         out["albedo_scale"] = [round(float(v), 4) for v in k]
-        out["albedo_psnr"] = psnr(_linear_to_srgb(p * k), _linear_to_srgb(g))
+        out["albedo_psnr"] = psnr(linear_to_srgb(p * k), linear_to_srgb(g))
         env_file = Path(meta["envmap"])
         if not env_file.is_absolute() and not env_file.exists():
             env_file = scene_dir / env_file
@@ -132,7 +124,7 @@ def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int =
         ref = None
         if has_gt and (gt_dir / "mesh.ply").exists():
             ref = load_reference_mesh(gt_dir / "mesh.ply")
-        elif has_gt and meta.get("shape") == "demo" or scene.name == "demo":
+        elif (has_gt and meta.get("shape") == "demo") or scene.name == "demo":
             ref = demo_reference_mesh()
         if ref is not None:
             geo = evaluate_geometry(field, ref, resolution=mesh_resolution)
