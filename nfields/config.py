@@ -110,6 +110,11 @@ class TrainConfig:
     geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
     material_smoothness: float = 0.01
     """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
+    coarse_to_fine_steps: int = 0
+    """Hash-grid fields: activate the grid's levels coarse to fine (Neuralangelo), from ``coarse_to_fine_start``
+    levels to all of them evenly over this many steps (0 = every level from the start)."""
+    coarse_to_fine_start: int = 4
+    """Hash-grid levels active at step 0 when ``coarse_to_fine_steps`` > 0."""
     cos_anneal_steps: int = 500
     """SDF fields: NeuS's cos_anneal_ratio goes 0 -> 1 linearly over this many steps (0 = 1 from the start)."""
     mesh_eval_resolution: int = 128

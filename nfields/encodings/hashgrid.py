@@ -108,6 +108,10 @@ class HashGridEncoding(nn.Module):
         # One level per group measured fastest on CPU: the per-level temporaries (2^d x N) stay in cache, while
         # all-levels-at-once tensors (2^d x L x N) stream through DRAM at every elementwise op.
         self._groups: list[tuple[str, bool]] = []
+        self._group_starts: list[int] = []
+        # Coarse-to-fine training (Neuralangelo): only the first ``active_levels`` levels contribute; the finer ones
+        # are neither evaluated nor trained and encode as zeros. All levels by default.
+        self.active_levels = levels
         start = 0
         while start < levels:
             stop = start + 1
@@ -125,6 +129,7 @@ class HashGridEncoding(nn.Module):
                 f"_{name}_offset", torch.tensor([offsets[l] for l in lv], dtype=torch.int32), persistent=False
             )
             self._groups.append((name, hashed))
+            self._group_starts.append(start)
             start = stop
 
     def extra_repr(self) -> str:
@@ -180,7 +185,9 @@ class HashGridEncoding(nn.Module):
         """(N, in_dim) in [0, 1] -> (N, levels * features_per_level)."""
         n, f = x.shape[0], self.features_per_level
         xt = x.clamp(0.0, 1.0).T
-        parts = [self._group_corners(xt, name, hashed) for name, hashed in self._groups]
+        active = min(max(int(self.active_levels), 1), self.levels)
+        groups = [g for g, start in zip(self._groups, self._group_starts) if start < active]
+        parts = [self._group_corners(xt, name, hashed) for name, hashed in groups]
         if x.requires_grad:
             # Positions need gradients (SDF normals, Eikonal loss): plain autograd ops, twice differentiable.
             outs = []
@@ -191,7 +198,11 @@ class HashGridEncoding(nn.Module):
         else:
             out = _InterpolateTable.apply(self.table, *[t for part in parts for t in part])
         # (F, L, N) -> (N, L * F), level-major like tcnn.
-        return out.permute(2, 1, 0).reshape(n, self.out_dim)
+        out = out.permute(2, 1, 0).reshape(n, out.shape[0] * out.shape[1])
+        if out.shape[1] != self.out_dim or active < self.levels:
+            keep = out[:, : active * f]
+            out = torch.cat([keep, keep.new_zeros(n, self.out_dim - keep.shape[1])], dim=1)
+        return out
 
 
 def _gather_rows(table: Tensor, rows: Tensor) -> Tensor:

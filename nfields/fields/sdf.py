@@ -104,6 +104,11 @@ class SDFField(Field):
         h = torch.cat([normals, self.dir_enc(dirs), features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 
+    def shell_width(self, step_size: float) -> float:
+        """Half-width of the band |sdf| < w outside of which NeuS's alpha is negligible (< ~1e-4 per sample) at
+        the current sharpness s: 9 / s, plus one marching step for the interval's extent."""
+        return 9.0 / float(self.inv_s().detach()) + float(step_size)
+
     def density(self, x: Tensor) -> Tensor:
         """Occupancy proxy for the grid: high within a shell around the surface whose width shrinks with s.
 

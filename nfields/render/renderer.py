@@ -48,6 +48,10 @@ class RenderConfig:
     """Jitter sample positions in training (never in eval)."""
     color_weight_thre: float = 1e-4
     """SDF fields: samples whose weight is below this are not coloured (0 = colour every sample)."""
+    sdf_cull_transmittance: float = 1e-3
+    """SDF fields: a cheap SDF-only pass first estimates each sample's transmittance; samples behind the point
+    where it falls below this (inside or behind the first surface) are dropped before the costly pass with
+    gradients and colour (0 = keep every sample)."""
 
 
 class Renderer(nn.Module):
@@ -92,11 +96,17 @@ class Renderer(nn.Module):
         """Refresh the occupancy grid every ``cfg.grid_update_every`` steps (no-op otherwise or with use_grid off).
 
         The grid stores ``field.density(x) * step_size`` (the opacity of one step), the quantity nerfacc's
-        examples threshold with ``occ_thre``.
+        examples threshold with ``occ_thre``. SDF fields with a ``shell_width`` get an exact shell instead
+        (:meth:`~nfields.render.sampler.OccupancyGrid.update_from_sdf`).
         """
         if not self.cfg.use_grid or step % self.cfg.grid_update_every != 0:
             return
         step_size = self.step_size
+        if self.field.kind == "sdf" and callable(getattr(self.field, "shell_width", None)):
+            # SDF fields: the cells within the visible shell, tested exactly at cell centres (no EMA lag, so the
+            # grid tightens as the surface sharpens).
+            self.grid.update_from_sdf(self.field.sdf, self.field.shell_width(step_size))
+            return
         self.grid.update(
             step,
             lambda x: self.field.density(x) * step_size,
@@ -150,6 +160,11 @@ class Renderer(nn.Module):
         t_mid = (t0 + t1) * 0.5
         d = dirs[ri]
         x = origins[ri] + d * t_mid[:, None]
+        n_marched = len(samples)
+        if self.field.kind == "sdf" and cfg.sdf_cull_transmittance > 0 and n_marched > 0:
+            keep = self._visible(x, d, ri, t0, t1, t_mid, n)
+            if len(keep) < n_marched:
+                ri, t0, t1, t_mid, d, x = ri[keep], t0[keep], t1[keep], t_mid[keep], d[keep], x[keep]
         extras: dict[str, Tensor] = {}
         normals_out = None
         if self.field.kind == "sdf":
@@ -180,7 +195,28 @@ class Renderer(nn.Module):
         if background is not None:
             rgb = rgb + (1.0 - opacity)[:, None] * background.to(rgb).expand(n, 3)
         extras.update(weights=weights, ray_indices=ri, t_starts=t0, t_ends=t1)
-        return RenderOutput(rgb, depth, opacity, normals_out, n_samples=len(samples), extras=extras)
+        extras["n_marched"] = torch.tensor(n_marched)  # samples before the SDF cull (== n_samples otherwise)
+        return RenderOutput(rgb, depth, opacity, normals_out, n_samples=len(ri), extras=extras)
+
+    @torch.no_grad()
+    def _visible(self, x: Tensor, d: Tensor, ri: Tensor, t0: Tensor, t1: Tensor, t_mid: Tensor, n: int) -> Tensor:
+        """Indices of the SDF samples whose estimated transmittance is above ``cfg.sdf_cull_transmittance``.
+
+        One forward pass of the SDF alone (no gradient, no colour). NeuS's alpha needs the directional derivative;
+        it is estimated from the next sample of the same ray when the two are adjacent (the secant, as NeuS's
+        up-sampling does), else taken head-on (-1); clamped to [-1, 0] so surfaces seen from behind add no
+        opacity. The estimate ignores the cos annealing, which only adds opacity, so it errs towards keeping.
+        """
+        sdf = self.field.geometry(x)[0]
+        slope = torch.full_like(sdf, -1.0)
+        if len(sdf) > 1:
+            adjacent = (ri[1:] == ri[:-1]) & ((t0[1:] - t1[:-1]).abs() <= 1e-6 * (1 + t1[:-1].abs()))
+            secant = (sdf[1:] - sdf[:-1]) / (t_mid[1:] - t_mid[:-1]).clamp_min(1e-9)
+            slope[:-1] = torch.where(adjacent, secant, slope[:-1])
+        slope = slope.clamp(-1.0, 0.0)
+        alphas = neus_alpha(sdf, slope[:, None] * d, d, t1 - t0, self.field.inv_s(), 1.0)
+        _, trans = render_weight_from_alpha(alphas, ri, n)
+        return torch.nonzero(trans > self.cfg.sdf_cull_transmittance).squeeze(-1)
 
     @torch.no_grad()
     def render_image(self, cameras, i: int, background: Tensor | None = None, downscale: int = 1) -> dict[str, Tensor]:

@@ -119,6 +119,52 @@ class OccupancyGrid(nn.Module):
         thre = min(float(occ_thre), self.occs.mean().item())
         self.binary.copy_((self.occs > thre).reshape(r, r, r))
 
+    @torch.no_grad()
+    def update_from_sdf(
+        self,
+        sdf_fn: Callable[[Tensor], Tensor],
+        shell: float,
+        lipschitz: float = 1.5,
+        coarse: int = 4,
+        chunk: int = 65536,
+    ) -> None:
+        """Mark exactly the cells that can hold a sample of an SDF's visible shell ``|sdf| < shell`` (no EMA).
+
+        A cell is occupied when ``|sdf(centre)| < shell + lipschitz * half_diagonal``: exact for an SDF whose
+        gradient norm stays below ``lipschitz`` (the Eikonal loss keeps it near 1), so unlike random points per
+        cell it never misses a thin shell and it empties cells as soon as the surface leaves them. Hierarchical:
+        cells of a ``coarse``-times coarser grid are tested first and only the children of occupied ones are
+        evaluated (~1/coarse^2 of the fine cells near a surface), so a whole update costs a few forward passes.
+        """
+        r = self.resolution
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        size = hi - lo
+        dev = self.occs.device
+
+        def occupied_cells(res: int, cells: Tensor) -> Tensor:
+            ijk = torch.stack([cells // (res * res), (cells // res) % res, cells % res], dim=-1).to(lo.dtype)
+            half_diag = float((size / res).norm()) / 2
+            keep = torch.empty(cells.numel(), dtype=torch.bool, device=dev)
+            for a in range(0, cells.numel(), chunk):
+                x = lo + (ijk[a : a + chunk] + 0.5) / res * size
+                keep[a : a + chunk] = sdf_fn(x).reshape(-1).abs() < shell + lipschitz * half_diag
+            return cells[keep]
+
+        f = coarse if coarse > 1 and r % coarse == 0 else 1
+        rc = r // f
+        cells = occupied_cells(rc, torch.arange(rc**3, device=dev))
+        if f > 1:  # children of the occupied coarse cells, in fine indices
+            ci, cj, ck = cells // (rc * rc), (cells // rc) % rc, cells % rc
+            o = torch.arange(f, device=dev)
+            di, dj, dk = torch.meshgrid(o, o, o, indexing="ij")
+            fi = (ci[:, None] * f + di.reshape(1, -1)).reshape(-1)
+            fj = (cj[:, None] * f + dj.reshape(1, -1)).reshape(-1)
+            fk = (ck[:, None] * f + dk.reshape(1, -1)).reshape(-1)
+            cells = occupied_cells(r, (fi * r + fj) * r + fk)
+        self.occs.zero_()
+        self.occs[cells] = 1.0
+        self.binary.copy_((self.occs > 0.5).reshape(r, r, r))
+
 
 @dataclass
 class PackedSamples:

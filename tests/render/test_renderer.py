@@ -214,6 +214,65 @@ def test_analytic_sdf_sphere_depth_and_normals():
     assert (skipped.rgb - out.rgb).abs().max().item() < 5e-3
 
 
+def test_sdf_cull_drops_hidden_samples_without_changing_the_image():
+    field = SphereSDF(r=0.5, inv_s=200.0)
+    g = torch.Generator().manual_seed(1)
+    o = torch.tensor([0.2, 0.1, -2.5]).expand(300, 3).contiguous()
+    d = (torch.rand(300, 3, generator=g) - 0.5) * 1.6 - o
+    d = d / d.norm(dim=-1, keepdim=True)
+    outs = {}
+    for thre in (0.0, 1e-3):
+        r = Renderer(field, RenderConfig(n_steps=512, use_grid=False, stratified=False, sdf_cull_transmittance=thre))
+        outs[thre] = r.eval()(Rays(o, d))
+    full, culled = outs[0.0], outs[1e-3]
+    # Behind the front surface nothing shows: every sample inside the sphere and past it goes.
+    t_hit, _, hit_any = ray_sphere_intersect(o, d, torch.zeros(3), 0.5)
+    ex = culled.extras
+    t_mid = (ex["t_starts"] + ex["t_ends"]) / 2
+    ri = ex["ray_indices"]
+    closest = (o + (-(o * d).sum(-1, keepdim=True)) * d).norm(dim=-1)
+    clear = hit_any & (closest < 0.45)  # grazing rays may pass the front shell with light left, and rightly so
+    behind = clear[ri] & (t_mid > t_hit[ri] + 0.15)  # s = 200: T < 1e-3 within ~0.1 past oblique hits
+    assert not behind.any()
+    assert culled.n_samples < 0.85 * full.n_samples, (culled.n_samples, full.n_samples)
+    assert int(culled.extras["n_marched"]) == full.n_samples
+    assert (culled.rgb - full.rgb).abs().max().item() < 2e-3
+    assert (culled.opacity - full.opacity).abs().max().item() < 2e-3
+    hit = full.opacity > 0.5
+    assert (culled.depth[hit] - full.depth[hit]).abs().max().item() < 1e-3
+
+
+def test_sdf_occupancy_grid_holds_exactly_the_shell():
+    from nfields.fields.sdf import SDFField
+
+    field = SDFField([-1, -1, -1, 1, 1, 1], network="mlp", init_radius=0.5, normals="analytic")
+    with torch.no_grad():
+        for p in field.net.parameters():
+            p.zero_()  # the field is its initial sphere of radius 0.5
+        field.variance.fill_(0.6)  # s = e^6 ~ 400: shell 9/s + step ~ 0.03
+    r = Renderer(field, RenderConfig(n_steps=256, grid_resolution=64, grid_update_every=1))
+    r.update_grid(0)
+    occ = r.grid.binary
+    # Every point of the surface lies in an occupied cell; the grid holds only a thin band around it.
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(20000, 3, generator=g)
+    p = 0.5 * p / p.norm(dim=-1, keepdim=True)
+    assert r.grid.occupied(p).all()
+    assert r.grid.occupied(torch.zeros(1, 3)).item() is False  # the inside is not marched
+    shell = field.shell_width(r.step_size)
+    cell = 2.0 / 64
+    band = (
+        4 / 3 * math.pi * ((0.5 + shell + 1.5 * cell * 3**0.5 / 2) ** 3 - (0.5 - shell - 1.5 * cell * 3**0.5 / 2) ** 3)
+    )
+    assert occ.float().mean().item() * 8.0 < band * 1.05  # no cell beyond the guaranteed band
+    # A sharper surface gives a thinner band (no EMA lag: the grid follows at once).
+    n_before = int(occ.sum())
+    with torch.no_grad():
+        field.variance.fill_(0.9)
+    r.update_grid(1)
+    assert int(r.grid.binary.sum()) < n_before
+
+
 def test_gradients_reach_density_field_parameters():
     torch.manual_seed(0)
     field = TinyDensityMLP()

@@ -109,3 +109,25 @@ def test_unknown_model_kind_is_one_line_error():
     cfg = build_config("demo", None, "tiny", ["model.kind=voxels"])
     with pytest.raises(NFieldsError, match="model.kind 'voxels'.*valid: density, sdf"):
         build_field(cfg, torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+
+
+def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
+    cfg = build_config("demo", "hashgrid", "tiny", ["train.coarse_to_fine_steps=100", "train.coarse_to_fine_start=2"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    (enc,) = trainer._grid_encodings()
+    seen = []
+    for step in (0, 50, 99, 100, 500):
+        trainer.step = step
+        trainer.update_stage()
+        seen.append(enc.active_levels)
+    assert seen[0] == 2 and seen[-1] == seen[-2] == enc.levels
+    assert seen == sorted(seen) and seen[1] == 2 + (enc.levels - 2) // 2
+    # Inactive levels encode as zeros and get no gradient; active ones equal the full encoding.
+    trainer.step = 0
+    trainer.update_stage()
+    x = torch.rand(64, 3)
+    part = enc(x)
+    enc.active_levels = enc.levels
+    full = enc(x)
+    f = enc.features_per_level
+    assert torch.equal(part[:, : 2 * f], full[:, : 2 * f]) and not part[:, 2 * f :].any()
