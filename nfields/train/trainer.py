@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +79,18 @@ class Trainer:
     ``paused``, ``log_metrics(step, dict)`` and ``request_refresh()``.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool = True, viewer=None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        resume: bool = False,
+        progress: bool = True,
+        viewer=None,
+        read_only: bool = False,
+    ):
+        """Set up (or, with ``resume``, continue) the run in ``run_dir``. ``read_only`` opens a finished run at
+        its last checkpoint for rendering / evaluation / export and writes nothing to the run folder (no metrics,
+        no config)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -125,16 +137,20 @@ class Trainer:
         self.bad_steps = 0
         self.n_params = count_parameters(self.field)
 
-        if resume:
+        self.metrics: MetricsLog | None = None
+        if resume or read_only:
             ckpts = list_checkpoints(self.run_dir)
             if not ckpts:
-                raise NFieldsError(f"{self.run_dir}: --resume given but the run has no checkpoint")
+                what = "the run" if read_only else "--resume given but the run"
+                raise NFieldsError(f"{self.run_dir}: {what} has no checkpoint")
             self.load_state(load_checkpoint(ckpts[-1]))
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
+            if not read_only:
+                self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
         else:
             save_config(cfg, self.run_dir / "config.yaml")
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        (self.run_dir / "renders").mkdir(exist_ok=True)
+        if not read_only:
+            (self.run_dir / "renders").mkdir(exist_ok=True)
         self.update_stage()
 
     # ----------------------------------------------------------------------------------------------- state
@@ -211,20 +227,16 @@ class Trainer:
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
         stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
-        if not torch.isfinite(loss):
-            self.bad_steps += 1
-            self.lr_scale *= 0.5
-            self.optimizer.zero_grad(set_to_none=True)
-            tqdm.write(f"step {self.step}: non-finite loss, step skipped, learning rate x{self.lr_scale:g}")
-            if self.bad_steps >= MAX_BAD_STEPS:
-                raise NFieldsError(
-                    f"{self.run_dir}: loss was NaN/inf {self.bad_steps} times; stopped (last good checkpoint kept)"
-                )
-            stats["skipped"] = 1
-            return stats
-        self.bad_steps = 0
+        if "n_marched" in out.extras:
+            stats["marched_per_ray"] = int(out.extras["n_marched"]) / max(len(batch.rays), 1)
         self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip_step(stats, "loss")
         loss.backward()
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g) for g in grads]).sum()):
+            return self._skip_step(stats, "gradient")
+        self.bad_steps = 0
         with self.lock:
             for g in self.optimizer.param_groups:
                 g.setdefault("base_lr", g["lr"])
@@ -239,8 +251,37 @@ class Trainer:
             self.n_rays = int(min(max(want, 256), t.max_batch_rays))
         return stats
 
+    def _grid_encodings(self) -> list:
+        """The field's hash-grid encodings (those with ``active_levels``)."""
+        return [m for m in self.field.modules() if hasattr(m, "active_levels")]
+
+    def _skip_step(self, stats: dict, what: str) -> dict:
+        """A NaN/inf loss or gradient: drop the update, halve the learning rate, report it, and stop the run with
+        a one-line error after MAX_BAD_STEPS in a row (the last checkpoint is kept)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.lr_scale *= 0.5
+        msg = f"step {self.step}: non-finite {what}, step skipped, learning rate x{self.lr_scale:g}"
+        if self.progress:
+            tqdm.write(msg)
+        else:
+            print(msg, file=sys.stderr)
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise NFieldsError(
+                f"{self.run_dir}: {what} was NaN/inf {self.bad_steps} steps in a row; stopped (last checkpoint kept)"
+            )
+        stats["skipped"] = 1
+        return stats
+
     def update_stage(self) -> None:
-        """PBR runs: the neural colour head until ``train.pbr_start``, physically based shading from then on."""
+        """PBR runs: the neural colour head until ``train.pbr_start``, physically based shading from then on.
+        Hash-grid fields with ``train.coarse_to_fine_steps``: the number of active grid levels for this step."""
+        t = self.cfg.train
+        if t.coarse_to_fine_steps > 0:
+            for enc in self._grid_encodings():
+                frac = min(1.0, self.step / t.coarse_to_fine_steps)
+                start = min(max(t.coarse_to_fine_start, 1), enc.levels)
+                enc.active_levels = start + int(frac * (enc.levels - start) + 1e-9)
         if hasattr(self.field, "shading") and self.cfg.model.shading == "pbr":
             self.field.shading = "pbr" if self.step >= self.cfg.train.pbr_start else "neural"
 
@@ -371,7 +412,8 @@ class Trainer:
             "time": round(self.elapsed, 3),
             "masked": self.use_masks and not self.composited,
         }
-        self.metrics.write(result)
+        if self.metrics is not None:
+            self.metrics.write(result)
         if self.progress and self.step < self.cfg.train.steps:
             tqdm.write(f"step {self.step}: held-out PSNR {result['psnr']:.2f} dB ({len(ids)} views)")
         self.renderer.train()
@@ -382,7 +424,7 @@ class Trainer:
         measure Chamfer-L1 and normal error (:func:`~nfields.train.geometry_eval.evaluate_geometry`); the result
         is logged to metrics.jsonl. None when there is no reference surface."""
         from nfields.data.synthetic import cache_dir
-        from nfields.train.geometry_eval import demo_reference_mesh, evaluate_geometry
+        from nfields.train.geometry_eval import demo_reference_mesh, demo_reference_normals, evaluate_geometry
 
         demo_root = cache_dir() / "scenes" / "demo"
         if not self.is_sdf or not demo_root.exists() or Path(self.scene.root).resolve() != demo_root.resolve():
@@ -392,7 +434,7 @@ class Trainer:
         with self.lock:
             geo = evaluate_geometry(
                 self.field, demo_reference_mesh(), resolution=self.cfg.train.mesh_eval_resolution,
-                save_mesh=out_dir / "mesh.ply",
+                save_mesh=out_dir / "mesh.ply", reference_normals=demo_reference_normals,
             )  # fmt: skip
         rounded = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in geo.items()}
         self.metrics.write({"step": self.step, "geometry": True, **rounded})
