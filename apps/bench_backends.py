@@ -33,7 +33,7 @@ from PIL import Image
 from nfields.fields.base import count_parameters
 from nfields.registry import build_network
 from nfields.tasks.image import fit_image
-from nfields.tasks.sdf import fit_sdf
+from nfields.tasks.sdf import MARGIN, fit_sdf
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -58,7 +58,7 @@ def size_grid(backend: str) -> list[dict]:
     if backend == "densegrid":
         return [{"resolution": r, "features": f} for r in range(64, 1025, 16) for f in (2, 4, 8)]
     if backend == "rbf":
-        return [{"n_rbf": k, "grid_features": f} for k in (64, 128, 256, 512) for f in range(1, 33)]
+        return [{"n_rbf": k, "grid_features": f} for k in (64, 128, 256, 512, 1024, 2048) for f in range(1, 33)]
     raise KeyError(backend)
 
 
@@ -199,14 +199,26 @@ def bench_fresh(args, images) -> list[dict]:
     rows = []
     base = {"hidden": 128, "layers": 3, "encoding": "fourier", "n_fourier": 128}
     for img_name, img in images:
+        t0 = time.perf_counter()
         pick = fit_image(img, "mlp", base, steps=1, fresh=True, fresh_candidates=args.sigmas).fresh
+        pick_s = time.perf_counter() - t0  # the whole selection (spectra of every untrained candidate) + one step
         dist = dict(zip(pick.values, pick.distances))
         res = []
         for s in args.sigmas:
             r = fit_image(
                 img, "mlp", {**base, "sigma": s}, steps=10**9, batch=args.batch, time_budget_s=args.fresh_budget
             )
-            res.append({"image": img_name, "sigma": s, "w1": dist[s], "psnr": r.psnr, "fresh_pick": s == pick.best})
+            res.append(
+                {
+                    "image": img_name,
+                    "sigma": s,
+                    "w1": dist[s],
+                    "psnr": r.psnr,
+                    "fresh_pick": s == pick.best,
+                    "pick_seconds": pick_s,
+                    "pick_cost": pick_s / args.fresh_budget,
+                }
+            )
             mark = " <- FreSh" if s == pick.best else ""
             print(f"  fresh {img_name} sigma {s:g}: W1 {dist[s]:.2f}, psnr {r.psnr:.2f}{mark}")
         order = sorted(res, key=lambda r: -r["psnr"])
@@ -236,6 +248,8 @@ def bench_sdf(args) -> list[dict]:
                     "backend": backend,
                     "iou": r.iou,
                     "chamfer_l1": r.chamfer_l1,
+                    # the same in units of the unit box (fit_sdf normalises the longest side to 2 * MARGIN)
+                    "chamfer_unit_box": r.chamfer_l1 / (2 * MARGIN),
                     "steps": r.steps,
                     "seconds": r.seconds,
                     "params": r.params,
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--meshes", nargs="+", default=["armadillo", "bunny"])
     p.add_argument("--sdf-backends", nargs="+", default=["mlp", "cam-triplane", "hashgrid", "rbf"])
     p.add_argument("--sdf-budget", type=float, default=60.0)
-    p.add_argument("--sdf-res", type=int, default=128)
+    p.add_argument("--sdf-res", type=int, default=256)
     p.add_argument("--out", type=Path, default=Path("bench_out/backends.json"))
     args = p.parse_args(argv)
     args.lr = {"hashgrid": 1e-2, "densegrid": 1e-2, "rbf": 1e-2, "siren": 1e-4}
@@ -290,13 +304,15 @@ def main(argv: list[str] | None = None) -> dict:
         rows = results["fresh"] = bench_fresh(args, images)
         report.append(
             f"### FreSh vs a sigma sweep ({args.fresh_budget:g} s each)\n\n"
-            + table(rows, ["image", "sigma", "w1", "psnr", "fresh_pick", "pick_rank"])
+            + table(rows, ["image", "sigma", "w1", "psnr", "fresh_pick", "pick_rank", "pick_seconds", "pick_cost"])
         )
     if "sdf" in args.sections:
         rows = results["sdf"] = bench_sdf(args)
         report.append(
             f"### SDF fitting, {args.sdf_budget:g} s\n\n"
-            + table(rows, ["mesh", "backend", "params", "iou", "chamfer_l1", "steps", "peak_mem_mb"])
+            + table(
+                rows, ["mesh", "backend", "params", "iou", "chamfer_l1", "chamfer_unit_box", "steps", "peak_mem_mb"]
+            )
         )
     print("\n\n".join(report))
     print(f"\ncommand: {command}\nmachine: {results['machine']}")

@@ -14,6 +14,7 @@ watertight meshes, so open meshes are refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -173,6 +174,21 @@ def training_points(
     return pts, sampler(pts)
 
 
+def _labelled_points(mesh, n_surface, n_train, noise, uniform_frac, eval_points, seed):
+    """The normalised mesh, its labelled training points and the IoU evaluation points with their inside flags."""
+    m = load_mesh(mesh)
+    rng = np.random.default_rng(seed)
+    sampler = SdfSampler(m, n_surface, seed=seed)
+    pts, sdf = training_points(sampler, n_train, noise, uniform_frac, rng)
+    eval_pts = rng.uniform(-1.0, 1.0, (eval_points, 3))
+    return m, pts, sdf, eval_pts, inside_mesh(m, eval_pts)
+
+
+@functools.lru_cache(maxsize=2)
+def _labelled_points_cached(path, n_surface, n_train, noise, uniform_frac, eval_points, seed):
+    return _labelled_points(path, n_surface, n_train, noise, uniform_frac, eval_points, seed)
+
+
 @torch.no_grad()
 def _eval_net(net, pts: np.ndarray, dev: torch.device, chunk: int = 1 << 16) -> np.ndarray:
     out = [
@@ -196,13 +212,12 @@ def marching_cubes_mesh(net, res: int, dev: torch.device) -> trimesh.Trimesh | N
 
 
 def chamfer_l1(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int = 100_000, seed: int = 0) -> float:
-    """Chamfer-L1 of two meshes: mean over both directions of the mean nearest-neighbour (Euclidean) distance
-    between ``n`` surface samples of each."""
-    pa = np.asarray(trimesh.sample.sample_surface(a, n, seed=seed)[0])
-    pb = np.asarray(trimesh.sample.sample_surface(b, n, seed=seed + 1)[0])
-    d_ab = cKDTree(pb).query(pa, workers=-1)[0].mean()
-    d_ba = cKDTree(pa).query(pb, workers=-1)[0].mean()
-    return float((d_ab + d_ba) / 2)
+    """Chamfer-L1 of two meshes: mean over both directions of the mean (Euclidean) distance from ``n`` surface
+    samples of one mesh to the other's surface (:func:`nfields.data.raycast.surface_chamfer`; sample-to-sample
+    nearest neighbours would add a floor of ~0.0037 at 100k samples on the normalised armadillo)."""
+    from nfields.data.raycast import surface_chamfer
+
+    return float(sum(surface_chamfer(a, b, n, seed)) / 2)
 
 
 def fit_sdf(
@@ -243,12 +258,13 @@ def fit_sdf(
     network_config(network, **options)
     clock_prep = Stopwatch()
     clock_prep.start()
-    m = load_mesh(mesh)
-    rng = np.random.default_rng(seed)
-    sampler = SdfSampler(m, n_surface, seed=seed)
-    pts, sdf = training_points(sampler, n_train, noise, uniform_frac, rng)
-    eval_pts = rng.uniform(-1.0, 1.0, (eval_points, 3))
-    eval_inside = inside_mesh(m, eval_pts)
+    if isinstance(mesh, trimesh.Trimesh):
+        m, pts, sdf, eval_pts, eval_inside = _labelled_points(
+            mesh, n_surface, n_train, noise, uniform_frac, eval_points, seed
+        )
+    else:  # a file: reuse the labelled points of the previous fits of the same file (benchmarks sweep backends)
+        key = (str(Path(mesh).resolve()), n_surface, n_train, tuple(noise), uniform_frac, eval_points, seed)
+        m, pts, sdf, eval_pts, eval_inside = _labelled_points_cached(*key)
     clock_prep.stop()
 
     torch.manual_seed(seed)

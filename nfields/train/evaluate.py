@@ -119,15 +119,20 @@ def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int =
                 field.relight(None)
                 field.set_albedo_gain(None)
     if field.kind == "sdf":
-        from nfields.train.geometry_eval import demo_reference_mesh, evaluate_geometry, load_reference_mesh
+        from nfields.train.geometry_eval import (
+            demo_reference_mesh,
+            demo_reference_normals,
+            evaluate_geometry,
+            load_reference_mesh,
+        )
 
-        ref = None
+        ref, ref_normals = None, None
         if has_gt and (gt_dir / "mesh.ply").exists():
             ref = load_reference_mesh(gt_dir / "mesh.ply")
         elif (has_gt and meta.get("shape") == "demo") or scene.name == "demo":
-            ref = demo_reference_mesh()
+            ref, ref_normals = demo_reference_mesh(), demo_reference_normals
         if ref is not None:
-            geo = evaluate_geometry(field, ref, resolution=mesh_resolution)
+            geo = evaluate_geometry(field, ref, resolution=mesh_resolution, reference_normals=ref_normals)
             out.update({k: v for k, v in geo.items() if isinstance(v, (int, float))})
             diag = float(np.linalg.norm(ref.bounds[1] - ref.bounds[0]))
             if "chamfer_l1" in geo:

@@ -96,6 +96,23 @@ def test_chamfer_of_scaled_sphere():
     a = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     b = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
     assert chamfer_l1(a, b, 20_000) == pytest.approx(0.1, abs=0.005)
+    # Point-to-surface: a mesh against itself scores 0, with no floor from the sample density.
+    assert chamfer_l1(a, a, 20_000) < 1e-6
+
+
+def test_point_mesh_distance_torch_twin_matches_exact():
+    from nfields.data.raycast import _point_mesh_distance_torch, closest_point_on_triangles, point_mesh_distance
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    mesh.apply_scale([1.0, 0.7, 1.3])  # not a sphere: distances are not just | |p| - r |
+    rng = np.random.default_rng(0)
+    p = rng.uniform(-1, 1, (300, 3)).astype(np.float32)
+    tris = torch.from_numpy(np.asarray(mesh.triangles, np.float32))
+    q = torch.from_numpy(p).repeat_interleave(len(tris), 0)
+    t = tris.repeat(len(p), 1, 1)
+    brute = (closest_point_on_triangles(q, t[:, 0], t[:, 1], t[:, 2]) - q).norm(dim=-1).reshape(len(p), -1).min(1)
+    assert np.abs(_point_mesh_distance_torch(mesh, p) - brute.values.numpy()).max() < 1e-5
+    assert np.abs(point_mesh_distance(mesh, p) - brute.values.numpy()).max() < 1e-5  # open3d when installed
 
 
 def test_fit_sdf_bad_meshes(tmp_path):
