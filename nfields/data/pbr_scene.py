@@ -22,6 +22,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nfields.data.cameras import Cameras
-from nfields.data.synthetic import demo_cameras, demo_normals, sphere_trace, world_mat
+from nfields.data.synthetic import DEMO_SCALE_MAT, demo_cameras, demo_normals, sphere_trace, world_mat
 from nfields.errors import NFieldsError
 from nfields.render.shading import linear_to_srgb, shade_pbr_mc
 
@@ -172,24 +173,58 @@ def render_pbr_view(
     }
 
 
+@torch.no_grad()
+def procedural_sky(height: int = 64, sun_elevation_deg: float = 35.0, sun_azimuth_deg: float = 60.0) -> np.ndarray:
+    """A clear-sky HDR environment (height, 2 height, 3), linear radiance, world +z up (the map's top row).
+
+    A sky that goes from a deep blue zenith to a bright hazy horizon, a warm sun (a narrow lobe ~3 degrees wide
+    carrying about as much irradiance as the whole sky, so objects cast clear shadows) and a dim brown ground below
+    the horizon. Deterministic; used by the built-in demo scene so it needs no file.
+    """
+    from nfields.render.envmap import texel_uv, uv_to_dir
+
+    d = uv_to_dir(texel_uv(height, 2 * height), "z").double()  # (H, W, 3)
+    up = d[..., 2]
+    el, az = math.radians(sun_elevation_deg), math.radians(sun_azimuth_deg)
+    sun = torch.tensor([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], dtype=d.dtype)
+    zenith = torch.tensor([0.10, 0.22, 0.55], dtype=d.dtype)
+    horizon = torch.tensor([0.75, 0.80, 0.90], dtype=d.dtype)
+    ground = torch.tensor([0.12, 0.10, 0.08], dtype=d.dtype)
+    t = (1.0 - up.clamp(0.0, 1.0)) ** 3  # 1 at the horizon, 0 at the zenith
+    sky = zenith + (horizon - zenith) * t[..., None]
+    below = torch.sigmoid(-up / 0.02)[..., None]  # a soft horizon line
+    img = sky * (1 - below) + ground * below
+    ang = torch.acos((d @ sun).clamp(-1.0, 1.0))
+    lobe = math.radians(1.5)
+    img = img + torch.tensor([60.0, 52.0, 40.0], dtype=d.dtype) * torch.exp(-0.5 * (ang / lobe) ** 2)[..., None]
+    return img.float().numpy()
+
+
 def make_pbr_scene(
-    out: str | Path, envmap: str | Path, mesh: str | Path | None = None, cfg: PBRSceneConfig | None = None
+    out: str | Path, envmap: str | Path | None, mesh: str | Path | None = None, cfg: PBRSceneConfig | None = None
 ) -> Path:
     """Write a DTU-layout scene with ground truth into ``out`` (see the module docstring); returns ``out``.
 
-    ``mesh``: a watertight mesh file, or None for the analytic demo shape. ``envmap``: an equirect ``.hdr``.
-    Written into a temporary folder and renamed, so a crash never leaves a half scene behind.
+    ``mesh``: a watertight mesh file, or None for the analytic demo shape. ``envmap``: an equirect ``.hdr``, or
+    None for :func:`procedural_sky` (written to ``gt/sky.hdr``). Written into a temporary folder and renamed, so a
+    crash never leaves a half scene behind.
     """
+    from nfields.data.hdr import write_hdr
     from nfields.render.envmap import EnvironmentMap
 
     cfg = cfg or PBRSceneConfig()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise NFieldsError(f"{out}: exists and is not empty; choose a new folder")
-    env = EnvironmentMap.from_file(envmap)
-    env_relit = EnvironmentMap.from_file(envmap, rotation_deg=cfg.relight_rotation_deg)
+    if envmap is None:
+        sky = procedural_sky()
+        env = EnvironmentMap(sky, name="procedural sky")
+        env_relit = EnvironmentMap(sky, rotation_deg=cfg.relight_rotation_deg, name="procedural sky")
+    else:
+        env = EnvironmentMap.from_file(envmap)
+        env_relit = EnvironmentMap.from_file(envmap, rotation_deg=cfg.relight_rotation_deg)
     if mesh is None:
-        surface, scale_mat, gt_mesh = DemoSurface(), np.eye(4), None
+        surface, scale_mat, gt_mesh = DemoSurface(), DEMO_SCALE_MAT.copy(), None
         shape = "demo"
     else:
         from nfields.data.raycast import MeshRaycaster
@@ -204,6 +239,8 @@ def make_pbr_scene(
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("image", "mask", "gt/albedo", "gt/roughness", "gt/metallic", "gt/normal", "gt/relit"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
+    if envmap is None:
+        write_hdr(tmp / "gt" / "sky.hdr", sky)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     mats = {}
@@ -224,7 +261,7 @@ def make_pbr_scene(
         gt_mesh.export(tmp / "gt" / "mesh.ply")
     meta = {
         "shape": shape,
-        "envmap": str(envmap),
+        "envmap": str(envmap) if envmap is not None else "gt/sky.hdr",  # relative: inside the scene
         "exposure": exposure,
         "image_encoding": "srgb(clip(exposure * linear radiance))",
         "up_axis": "z",
