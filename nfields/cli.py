@@ -94,7 +94,8 @@ def _maybe_start_viewer(trainer, host: str, port: int):
 
 @dataclass
 class Render:
-    """Render a finished run: its held-out views (PNG) and an orbit video around the scene."""
+    """Render a finished run: its held-out views (PNG) and an orbit video around the scene; or, with --envmap
+    FILE.hdr [--rotate DEG], relight an SDF + PBR run under a new environment."""
 
     run: Path
     """Run folder (runs/<name>)."""
@@ -102,11 +103,22 @@ class Render:
     """Frames in the orbit video (0 = none)."""
     downscale: int = 1
     """Render at 1/downscale resolution."""
+    envmap: Path | None = None
+    """Relight an SDF + PBR run under this equirectangular HDR map instead (renders/relit_<map>_<deg>/)."""
+    rotate: float = 0.0
+    """With --envmap: turn the map this many degrees about the scene's up axis."""
+    exposure: float | None = None
+    """With --envmap: radiance multiplier of the map (default: match the learned light's mean radiance)."""
 
     def main(self) -> Path:
-        """Write renders/final/ and renders/orbit.mp4 (or .gif without ffmpeg)."""
-        from nfields.train.render_run import render_run
+        """Write renders/final/ and renders/orbit.mp4 (or .gif without ffmpeg); with --envmap, the relit views."""
+        from nfields.train.render_run import relight_run, render_run
 
+        if self.envmap is not None:
+            return relight_run(
+                self.run, self.envmap, rotate=self.rotate, exposure=self.exposure,
+                orbit_frames=self.orbit_frames, downscale=self.downscale,
+            )  # fmt: skip
         return render_run(self.run, orbit_frames=self.orbit_frames, downscale=self.downscale)
 
 
@@ -147,11 +159,18 @@ class Export:
     """Drop faces no training camera sees (--no-cull keeps them)."""
     out: Path | None = None
     """Output file (default <run>/export/mesh.<format>)."""
+    relight_check: Path | None = None
+    """glb/gltf of an SDF + PBR run: render the exported asset and the field under this HDR map (turned
+    --relight-rotate degrees) on held-out views and report the PSNR between them (relight_check.json)."""
+    relight_rotate: float = 90.0
+    """Rotation of the --relight-check map about the scene's up axis, in degrees."""
 
     def main(self):
         """Extract, clean, bake and write the mesh; print the path, face count and seconds."""
         from nfields.export.run_export import export_run
 
+        if self.relight_check is not None and self.format.lower() not in ("glb", "gltf"):
+            raise NFieldsError(f"--relight-check needs --format glb or gltf, not {self.format}")
         r = export_run(
             self.run, self.format, out=self.out, resolution=self.resolution, texture_size=self.texture_size,
             decimate_faces=self.decimate, level=self.level, cull=self.cull,
@@ -163,6 +182,14 @@ class Export:
         if r.frame == "original":
             print("coordinates: the dataset's original frame (scene scale_mat applied)")
         print(f"exported {r.path}: {r.faces} faces, {r.vertices} vertices, {r.seconds:.1f} s")
+        if self.relight_check is not None:
+            from nfields.export.relight_check import relight_check
+            from nfields.train.render_run import open_run
+
+            c = relight_check(open_run(self.run), r.path, self.relight_check, self.relight_rotate)
+            views = ", ".join(f"{v['psnr']:.1f}" for v in c["views"])
+            print(f"relight check ({Path(c['envmap']).name}, {c['rotate_deg']:g} deg): asset vs field PSNR "
+                  f"{c['psnr']:.2f} dB (views: {views}) -> {r.path.parent / 'relight_check.json'}")  # fmt: skip
         return r
 
 

@@ -107,8 +107,10 @@ def _clean_faces(faces: np.ndarray, verts: np.ndarray) -> np.ndarray:
     return faces[keep]
 
 
-def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """Keep the connected component (by shared vertices) with the most faces; drops unreferenced vertices."""
+def largest_component(mesh: trimesh.Trimesh, min_fraction: float = 0.0) -> trimesh.Trimesh:
+    """Keep the connected component (by shared vertices) with the most faces, and every other component with at
+    least ``min_fraction`` of its face count (0: the largest only). Floaters are tiny next to the object, while a
+    real part of it that does not touch the rest (the demo's satellite sphere) is not; unreferenced vertices go."""
     if len(mesh.faces) == 0:
         return mesh
     f = mesh.faces
@@ -116,8 +118,12 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     graph = sparse.coo_matrix((np.ones(2 * len(f)), (np.r_[f[:, 0], f[:, 1]], np.r_[f[:, 1], f[:, 2]])), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     face_label = label[f[:, 0]]
-    keep = face_label == np.bincount(face_label).argmax()
-    return _submesh(mesh, keep)
+    sizes = np.bincount(face_label)
+    if min_fraction > 0:
+        keep = sizes >= min_fraction * sizes.max()
+    else:
+        keep = np.arange(len(sizes)) == sizes.argmax()
+    return _submesh(mesh, keep[face_label])
 
 
 def _submesh(mesh: trimesh.Trimesh, face_mask: np.ndarray) -> trimesh.Trimesh:
@@ -139,6 +145,7 @@ def extract_mesh(
     level: float = 0.0,
     chunk: int = 2**18,
     keep_largest: bool = True,
+    min_component: float = 0.02,
     transform: np.ndarray | None = None,
     block: int = 128,
     device: str | torch.device = "cpu",
@@ -151,7 +158,8 @@ def extract_mesh(
         resolution: grid samples per axis (the grid spacing is ``extent / (resolution - 1)``).
         level: iso-level; the surface is ``sdf_fn(x) == level``.
         chunk: points per ``sdf_fn`` call (bounds the field's activation memory).
-        keep_largest: keep only the largest connected component (floaters removed).
+        keep_largest: drop floaters: keep the largest connected component and any other with at least
+            ``min_component`` of its faces (0 = the largest only).
         transform: (4,4) map from the field's normalised coordinates to the output coordinates (e.g. DTU's
             ``scale_mat``); applied to the vertices at the end (a reflection keeps normals outward).
         block: cells per marching-cubes block and per evaluation slab; memory is about
@@ -226,7 +234,7 @@ def extract_mesh(
     faces = _clean_faces(faces, verts)
     mesh = trimesh.Trimesh(verts, faces, process=False)
     if keep_largest:
-        mesh = largest_component(mesh)
+        mesh = largest_component(mesh, min_component)
     else:
         mesh = _submesh(mesh, np.ones(len(mesh.faces), dtype=bool))
     if transform is not None:

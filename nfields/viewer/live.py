@@ -18,23 +18,49 @@ import torch
 from nfields.data.cameras import Cameras
 from nfields.errors import NFieldsError
 
+MATERIAL_MODES = ("albedo", "roughness", "metallic")
+"""Extra viewer modes of SDF + PBR fields: the composited material channel (albedo in sRGB)."""
+
 
 class LiveRenderer:
     """Render function for the viewer: (ViewCamera, mode) -> (H, W, 3) float image in [0, 1]."""
 
-    def __init__(self, trainer, chunk: int = 4096, duty_cycle: float = 0.25):
+    def __init__(self, trainer, chunk: int = 4096, duty_cycle: float = 0.25, relight_maps: dict | None = None):
         self.trainer = trainer
         self.chunk = chunk
         self.duty_cycle = duty_cycle
         self._busy = 0.0
         self._since = time.perf_counter()
         self.lock: threading.Lock = getattr(trainer, "lock", threading.Lock())
+        # name -> .hdr path, chosen server-side (the browser only ever sends a name from this list).
+        self.relight_maps: dict[str, Path] = dict(relight_maps or {})
+        self._relight = (next(iter(self.relight_maps), None), 0.0)
+        self._relight_env = None  # (key, EnvironmentMap) of the last relight light built
+
+    def set_relight(self, name: str, rotate_deg: float) -> None:
+        """Choose the map (a key of ``relight_maps``) and rotation of the ``relit`` mode."""
+        if name not in self.relight_maps:
+            raise NFieldsError(f"viewer: unknown relight map {name!r}")
+        self._relight = (name, float(rotate_deg))
+
+    def _relight_light(self):
+        from nfields.train.render_run import relight_environment
+
+        key = self._relight
+        if self._relight_env is None or self._relight_env[0] != key:
+            env, _ = relight_environment(self.trainer.field, self.relight_maps[key[0]], key[1])
+            self._relight_env = (key, env)
+        return self._relight_env[1]
 
     def modes(self) -> tuple[str, ...]:
-        """Render modes this run supports."""
-        return (
-            ("rgb", "depth", "opacity", "normals") if self.trainer.field.kind == "sdf" else ("rgb", "depth", "opacity")
-        )
+        """Render modes this run supports: + normals for SDF fields, + the material channels for PBR fields."""
+        field = self.trainer.field
+        if field.kind != "sdf":
+            return ("rgb", "depth", "opacity")
+        if hasattr(field, "render_mode"):
+            relit = ("relit",) if self.relight_maps else ()
+            return ("rgb", "depth", "opacity", "normals") + MATERIAL_MODES + relit
+        return ("rgb", "depth", "opacity", "normals")
 
     @torch.no_grad()
     def __call__(self, camera, mode: str) -> np.ndarray:
@@ -48,13 +74,26 @@ class LiveRenderer:
         )
         rays = cams.image_rays(0)
         r = self.trainer.renderer
+        field = self.trainer.field
+        material = mode in MATERIAL_MODES and hasattr(field, "render_mode")
+        relit = self._relight_light() if mode == "relit" and self.relight_maps else None
         outs = {"rgb": [], "depth": [], "opacity": [], "normals": []}
         for s in range(0, len(rays), self.chunk):
             with self.lock:
                 was_training = r.training
                 r.eval()
-                o = r(rays[s : s + self.chunk], background=self.trainer.background)
-                r.train(was_training)
+                if material:  # the field composites the material channel instead of shaded colour
+                    field.render_mode = mode
+                if relit is not None:  # shaded under the chosen map instead of the learned light
+                    field.relight(relit)
+                try:
+                    o = r(rays[s : s + self.chunk], background=self.trainer.background)
+                finally:
+                    if material:
+                        field.render_mode = "rgb"
+                    if relit is not None:
+                        field.relight(None)
+                    r.train(was_training)
             outs["rgb"].append(o.rgb)
             outs["depth"].append(o.depth)
             outs["opacity"].append(o.opacity)
@@ -101,12 +140,13 @@ def start_live_viewer(
     from nfields.viewer.server import Viewer
 
     scene = trainer.scene
+    maps = find_relight_maps(trainer) if getattr(trainer.field, "shading", None) is not None else {}
     cams = scene.cameras
     ids = scene.train_ids
     # Small thumbnails for the frustums: nearest-neighbour downsampling of the uint8 images, no float copies.
     step = max(1, max(cams.width, cams.height) // 96)
     thumbs = scene.images[ids][:, ::step, ::step].numpy()
-    render = LiveRenderer(trainer, duty_cycle=duty_cycle)
+    render = LiveRenderer(trainer, duty_cycle=duty_cycle, relight_maps=maps)
 
     def occupancy_points() -> np.ndarray:
         grid = trainer.renderer.grid
@@ -126,9 +166,26 @@ def start_live_viewer(
         occupancy_points_fn=occupancy_points,
         on_save=(lambda: str(trainer.save())) if allow_save else None,
         on_export=on_export,
+        relight=(tuple(maps), render.set_relight) if maps else None,
     )
     print(f"viewer: {viewer.url}", flush=True)
     return viewer
+
+
+def find_relight_maps(trainer) -> dict[str, Path]:
+    """HDR maps the viewer offers for relighting, by display name: the scene's own (``gt/*.hdr``), the run's
+    ``envmaps/`` folder, and ``envmaps/`` of the data roots (``./data``, ``../shared/data``, ``$NFIELDS_DATA``)."""
+    import os
+
+    roots = [Path(trainer.scene.root) / "gt", Path(trainer.run_dir) / "envmaps", Path("data") / "envmaps"]
+    roots.append(Path("..") / "shared" / "data" / "envmaps")
+    if os.environ.get("NFIELDS_DATA"):
+        roots.append(Path(os.environ["NFIELDS_DATA"]) / "envmaps")
+    maps: dict[str, Path] = {}
+    for root in roots:
+        for f in sorted(root.glob("*.hdr")) if root.is_dir() else []:
+            maps.setdefault(f.stem if f.stem not in maps else f"{root.parent.name}/{f.stem}", f.resolve())
+    return maps
 
 
 def view_run(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, seconds: float = 0.0) -> None:

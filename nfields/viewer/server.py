@@ -69,6 +69,8 @@ class Viewer:
         aabb: (6,) scene bounds (xmin, ymin, zmin, xmax, ymax, zmax), drawn as a box.
         occupancy_points_fn: returns (M, 3) centres of occupied grid cells; called when its toggle is switched on.
         on_save: saves a checkpoint and returns its path (button "Save checkpoint").
+        relight: (map names, set_relight(name, degrees)) for the "relit" render mode of PBR runs: a map dropdown
+            and a rotation slider; the names are the server's own list, so the browser never names a file.
         on_export: exports a mesh and returns the file path, which is then shown (button "Export mesh").
         preview_res: long side in pixels of the frames rendered while the camera moves.
         full_res: long side of the frames rendered once the camera stopped (capped by the browser canvas).
@@ -98,6 +100,7 @@ class Viewer:
         occupancy_points_fn: Callable[[], np.ndarray] | None = None,
         on_save: Callable[[], str] | None = None,
         on_export: Callable[[], str] | None = None,
+        relight: tuple[tuple[str, ...], Callable[[str, float], None]] | None = None,
         preview_res: int = 96,
         full_res: int = 512,
         max_fps: float = 15.0,
@@ -115,6 +118,7 @@ class Viewer:
         self.preview_res, self.full_res = int(preview_res), int(full_res)
         self.max_fps, self.refresh_interval_s, self.settle_s = max_fps, refresh_interval_s, settle_s
         self.on_save, self.on_export = on_save, on_export
+        self.relight = relight
         self.occupancy_points_fn = occupancy_points_fn
         self.paused = False
         self.errors = ErrorLog()
@@ -388,6 +392,17 @@ class Viewer:
         if self.occupancy_points_fn is not None:
             oc = gui.add_checkbox("Occupancy grid", False, order=33)
             oc.on_update(lambda _: self._toggle_occupancy(oc.value))
+        if self.relight is not None and self.relight[0]:
+            names, set_relight = self.relight
+            env = gui.add_dropdown("Relight map", names, initial_value=names[0], order=12)
+            rot = gui.add_slider("Rotate map (deg)", min=-180.0, max=180.0, step=5.0, initial_value=0.0, order=13)
+
+            def changed(_) -> None:
+                set_relight(env.value, float(rot.value))  # a name from the server's own list, never a path
+                self.request_refresh()
+
+            env.on_update(changed)
+            rot.on_update(changed)
 
     def _status(self, text: str) -> None:
         self._status_md.content = text

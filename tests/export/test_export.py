@@ -121,13 +121,18 @@ def test_extract_mesh_transform_and_largest_component(mesh):
     flipped = extract_mesh(sdf, AABB, resolution=RES, block=16, transform=mirror)
     assert flipped.volume == pytest.approx(mesh.volume, rel=1e-9)  # still outward after a reflection
 
-    def with_floater(x):
-        return torch.minimum(sdf(x), (x - torch.tensor([-0.75, -0.75, -0.75])).norm(dim=-1) - 0.1)
+    def with_part(radius):  # the object plus a separate ball: a floater when small, a real part when not
+        return lambda x: torch.minimum(sdf(x), (x - torch.tensor([-0.75, -0.75, -0.75])).norm(dim=-1) - radius)
 
-    both = extract_mesh(with_floater, AABB, resolution=RES, block=16, keep_largest=False)
-    largest = extract_mesh(with_floater, AABB, resolution=RES, block=16)
+    both = extract_mesh(with_part(0.06), AABB, resolution=RES, block=16, keep_largest=False)
+    largest = extract_mesh(with_part(0.06), AABB, resolution=RES, block=16)
     assert len(both.split(only_watertight=False)) == 2
     assert len(largest.faces) == len(mesh.faces) and len(both.faces) > len(mesh.faces)
+    # A separate part with more than min_component (2 %) of the object's faces stays (like the demo's satellite).
+    part = extract_mesh(with_part(0.15), AABB, resolution=RES, block=16)
+    assert len(part.split(only_watertight=False)) == 2
+    only = extract_mesh(with_part(0.15), AABB, resolution=RES, block=16, min_component=0.0)
+    assert len(only.faces) == len(mesh.faces)
 
 
 def test_extract_mesh_density_convention():
