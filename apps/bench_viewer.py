@@ -12,6 +12,7 @@ Two measurements:
   the server-side move to the frame being queued for that tab.
 
     python apps/bench_viewer.py                   # both, 10 moves each
+    python apps/bench_viewer.py --throughput      # + training steps/s headless vs with a browser tab open
     python apps/bench_viewer.py --moves 20 --full-res 256 --no-browser
 """
 
@@ -188,6 +189,79 @@ def bench_browser(args, field: MLPField) -> dict[str, list[float]] | None:
     return res
 
 
+def bench_throughput(args) -> dict | None:
+    """Training steps/s headless vs with the live viewer open in one headless Chromium tab whose camera moves
+    every ``--orbit-every`` seconds (a user looking around): the issue's ">= 70 % of headless steps/s"."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests" / "viewer"))
+    from browser import headless_chromium, missing_browser, wait_for
+
+    from nfields.config import build_config
+    from nfields.train.trainer import Trainer
+    from nfields.viewer.live import start_live_viewer
+
+    reason = missing_browser()
+    if reason:
+        print(f"throughput benchmark skipped: {reason}")
+        return None
+    sets = [f"train.time_budget_s={args.train_seconds}", "train.steps=1000000", "train.eval_every=0",
+            "train.ckpt_every=0", "train.mesh_eval_resolution=0"]  # fmt: skip
+
+    def steps_per_s(trainer: Trainer) -> float:
+        trainer.train_step()  # warm-up: first-call allocations, grid update
+        t0, s0 = time.perf_counter(), trainer.step
+        while time.perf_counter() - t0 < args.train_seconds:
+            trainer.train_step()
+            trainer.step += 1
+            if trainer.viewer is not None:
+                if trainer.step % 25 == 0:
+                    trainer.viewer.log_metrics(trainer.step, {"loss": 0.0, "psnr": 0.0})
+                trainer.viewer.request_refresh()
+        return (trainer.step - s0) / (time.perf_counter() - t0)
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = build_config(args.scene, "hashgrid", args.preset, sets)
+        out["headless_steps_s"] = steps_per_s(Trainer(cfg, Path(tmp) / "a", progress=False))
+        trainer = Trainer(cfg, Path(tmp) / "b", progress=False)
+        viewer = start_live_viewer(trainer, port=args.port + 1)
+        trainer.viewer = viewer
+        frames: list[FrameInfo] = []
+        viewer.frame_hooks.append(lambda client_id, info: frames.append(info))
+        stop = threading.Event()
+        try:
+            with headless_chromium(*args.canvas) as driver:
+                driver.get(viewer.url)
+                if not wait_for(lambda: viewer.n_clients == 1 and any(i.full for i in frames), 120.0):
+                    print("throughput benchmark: the page never got a full frame")
+                    return None
+                (client,) = viewer.server.get_clients().values()
+
+                def look_around() -> None:
+                    k = 0
+                    while not stop.wait(args.orbit_every):
+                        k += 1
+                        wxyz, pos = c2w_to_pose(orbit(k))
+                        with client.atomic():
+                            client.camera.position = pos
+                            client.camera.wxyz = wxyz
+
+                mover = threading.Thread(target=look_around, daemon=True)
+                mover.start()
+                n0 = len(frames)
+                out["viewer_steps_s"] = steps_per_s(trainer)
+                out["frames_during"] = len(frames) - n0
+                out["full_frames_during"] = sum(i.full for i in frames[n0:])
+                stop.set()
+                driver.get("about:blank")
+        finally:
+            stop.set()
+            viewer.close()
+    out["ratio"] = out["viewer_steps_s"] / out["headless_steps_s"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--moves", type=int, default=10, help="camera moves measured per mode")
@@ -199,6 +273,11 @@ def main() -> None:
     ap.add_argument("--canvas", type=int, nargs=2, default=(1024, 640), metavar=("W", "H"), help="browser window")
     ap.add_argument("--port", type=int, default=8093)
     ap.add_argument("--no-browser", action="store_true", help="only the in-process render loop")
+    ap.add_argument("--throughput", action="store_true", help="also: training steps/s headless vs with a tab open")
+    ap.add_argument("--scene", default="demo", help="throughput: scene to train")
+    ap.add_argument("--preset", default="cpu", help="throughput: preset")
+    ap.add_argument("--train-seconds", type=float, default=60.0, help="throughput: seconds of training per side")
+    ap.add_argument("--orbit-every", type=float, default=2.0, help="throughput: seconds between camera moves")
     args = ap.parse_args()
 
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
@@ -217,6 +296,16 @@ def main() -> None:
         r = bench_browser(args, field)
         if r is not None:
             results["browser"] = r
+    if args.throughput:
+        t = bench_throughput(args)
+        if t is not None:
+            print(
+                f"\n[throughput] {args.scene} / {args.preset}, {args.train_seconds:g} s each: headless "
+                f"{t['headless_steps_s']:.2f} steps/s, with one browser tab "
+                f"(camera moved every {args.orbit_every:g} s) "
+                f"{t['viewer_steps_s']:.2f} steps/s = {100 * t['ratio']:.0f} % "
+                f"({t['frames_during']} frames sent, {t['full_frames_during']} full)"
+            )
     for name, r in results.items():
         print(f"\n[{name}]")
         print(summary("camera move -> preview sent", r["preview"]))

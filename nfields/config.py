@@ -110,6 +110,9 @@ class TrainConfig:
     geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
     material_smoothness: float = 0.01
     """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
+    normal_smoothness: float = 0.0
+    """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
+    points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""
     coarse_to_fine_steps: int = 0
     """Hash-grid fields: activate the grid's levels coarse to fine (Neuralangelo), from ``coarse_to_fine_start``
     levels to all of them evenly over this many steps (0 = every level from the start)."""

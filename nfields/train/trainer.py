@@ -216,14 +216,20 @@ class Trainer:
             eik = self.eikonal_term(out.extras.get("sdf_grad"))
             loss = loss + t.eikonal * eik
             extra = {"eikonal": eik.item(), "inv_s": self.field.inv_s().item()}
-        if getattr(self.field, "shading", "") == "pbr" and t.material_smoothness > 0:
+        pbr = getattr(self.field, "shading", "") == "pbr" and t.material_smoothness > 0
+        if pbr or (self.is_sdf and t.normal_smoothness > 0):
             hit = out.opacity.detach() > 0.5
             if hit.any():
                 rays = batch.rays
                 p = rays.origins[hit] + out.depth.detach()[hit, None] * rays.directions[hit]
-                smooth = self.field.material_smoothness(p)
-                loss = loss + t.material_smoothness * smooth
-                extra["material_smoothness"] = smooth.item()
+                if pbr:
+                    smooth = self.field.material_smoothness(p)
+                    loss = loss + t.material_smoothness * smooth
+                    extra["material_smoothness"] = smooth.item()
+                if self.is_sdf and t.normal_smoothness > 0:
+                    curv = self.normal_smoothness_term(p[torch.randperm(len(p), device=p.device)[:1024]])
+                    loss = loss + t.normal_smoothness * curv
+                    extra["normal_smoothness"] = curv.item()
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
         stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
@@ -284,6 +290,14 @@ class Trainer:
                 enc.active_levels = start + int(frac * (enc.levels - start) + 1e-9)
         if hasattr(self.field, "shading") and self.cfg.model.shading == "pbr":
             self.field.shading = "pbr" if self.step >= self.cfg.train.pbr_start else "neural"
+
+    def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+        """Mean |n(p) - n(p + delta)| of unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2): a cheap
+        curvature prior (neighbouring normals agree), trained through the double backward."""
+        both = torch.cat([p, p + eps * torch.randn_like(p)])
+        g = self.field.geometry_and_gradient(both, create_graph=True)[2]
+        n = torch.nn.functional.normalize(g, dim=-1)
+        return (n[: len(p)] - n[len(p) :]).norm(dim=-1).mean()
 
     def eikonal_term(self, sample_grad: torch.Tensor | None) -> torch.Tensor:
         """Eikonal loss over the ray samples' SDF gradients plus ``train.eikonal_points`` random points in the aabb."""

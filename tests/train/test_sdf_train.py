@@ -131,3 +131,11 @@ def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
     full = enc(x)
     f = enc.features_per_level
     assert torch.equal(part[:, : 2 * f], full[:, : 2 * f]) and not part[:, 2 * f :].any()
+    # The curvature prior (train.normal_smoothness) is logged and trains the geometry through the double backward.
+    trainer.cfg.train.normal_smoothness = 0.1
+    stats = trainer.train_step()
+    assert 0.0 < stats["normal_smoothness"] < 2.0
+    trainer.field.zero_grad()
+    p = torch.nn.functional.normalize(torch.randn(256, 3), dim=-1) * 0.5
+    trainer.normal_smoothness_term(p).backward()
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in trainer.field.net.parameters())
