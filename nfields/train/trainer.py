@@ -95,8 +95,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.viewer = viewer
-        # Held while parameters change so a viewer thread never renders a half-updated field.
-        self.lock = threading.Lock()
+        # Held for a whole training step (and while checkpointing / evaluating): a viewer thread renders between
+        # steps, never while the renderer is mid-forward in training mode (it flips the renderer to eval mode and the
+        # field's render mode / light, which would change how the step's graph is built). Re-entrant.
+        self.lock = threading.RLock()
         t = cfg.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
@@ -192,7 +194,12 @@ class Trainer:
         return self.field.kind == "sdf"
 
     def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr."""
+        """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr.
+        Holds ``self.lock`` throughout (see ``__init__``)."""
+        with self.lock:
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, float]:
         t = self.cfg.train
         self.renderer.train()
         self.update_stage()
