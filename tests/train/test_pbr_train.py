@@ -75,7 +75,8 @@ def test_tiny_pbr_run_recovers_materials_and_relights(pbr_scene, tmp_path):
     cam = ViewCamera(cams.c2w[i].numpy(), fov_y, cams.width, cams.height)
     rgb, albedo, rough = (live(cam, mode) for mode in ("rgb", "albedo", "roughness"))
     assert trainer.field.render_mode == "rgb"
-    assert np.abs(rgb - albedo).mean() > 0.01
+    fg = (rgb.max(-1) > 0.02) | (albedo.max(-1) > 0.02)  # compare on the object, not the black background
+    assert fg.mean() > 0.05 and np.abs(rgb - albedo)[fg].mean() > 0.015
     assert np.allclose(rough[..., 0], rough[..., 1]) and np.allclose(rough[..., 0], rough[..., 2])
     # "relit": shaded under a map picked by name from the server's list, turned by the slider's angle.
     live = LiveRenderer(trainer, duty_cycle=1.0, relight_maps={"venice": env})
@@ -85,7 +86,7 @@ def test_tiny_pbr_run_recovers_materials_and_relights(pbr_scene, tmp_path):
     live.set_relight("venice", 180.0)
     relit180 = live(cam, "relit")
     assert trainer.field.relight_env is None  # the learned light is back for training
-    assert np.abs(relit0 - rgb).mean() > 0.005 and np.abs(relit0 - relit180).mean() > 0.005
+    assert np.abs(relit0 - rgb)[fg].mean() > 0.01 and np.abs(relit0 - relit180)[fg].mean() > 0.01
     with pytest.raises(NFieldsError, match="unknown relight map"):
         live.set_relight("../../etc/passwd", 0.0)
 
