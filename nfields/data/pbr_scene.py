@@ -121,11 +121,9 @@ def auto_exposure(env) -> float:
     Averaged over uniformly distributed normals, ``E(n) / pi`` equals the solid-angle mean of the radiance (the
     mean of ``max(n.l, 0)`` over normals is 1/4, and ``integral L dl = 4 pi mean L``), so no pre-filtering is needed.
     """
-    from nfields.render.envmap import texel_solid_angle
+    from nfields.render.envmap import mean_radiance
 
-    tex = env.texels()
-    w = texel_solid_angle(tex.shape[0], tex.shape[1]).reshape(tex.shape[0], -1)[..., None]
-    mean_l = (tex * w).sum((0, 1)).mean() / (w.sum() * tex.shape[1])
+    mean_l = mean_radiance(env.texels()).mean()
     return float(0.5 / mean_l.clamp_min(1e-8))
 
 

@@ -52,6 +52,16 @@ class MeshRaycaster:
     def _rays(self, origins: Tensor, dirs: Tensor):
         return self._o3d.core.Tensor(torch.cat([origins, dirs], -1).float().contiguous().numpy())
 
+    def distance(self, points: np.ndarray) -> np.ndarray:
+        """Unsigned distance (M,) from points (M, 3) to the surface: open3d's exact BVH query, or the pure-torch
+        twin :func:`_point_mesh_distance_torch`."""
+        pts = np.asarray(points, dtype=np.float32)
+        if len(pts) == 0:
+            return np.zeros(0, np.float32)
+        if self.backend == "open3d":
+            return self._scene.compute_distance(self._o3d.core.Tensor(pts)).numpy()
+        return _point_mesh_distance_torch(self.mesh, pts)
+
     def closest_hits(self, origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Closest hits of rays (M, 3) -> (hit (M,) bool, t (M,) (inf on a miss), triangle index (M,) long)."""
         if self.backend == "open3d":
@@ -120,7 +130,7 @@ def closest_point_on_triangles(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Te
     return out
 
 
-def point_mesh_distance(mesh: trimesh.Trimesh, points: np.ndarray, k: int = 16, chunk: int = 65536) -> np.ndarray:
+def point_mesh_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """Unsigned distance (M,) from points (M, 3) to the surface of ``mesh`` (not to samples of it).
 
     open3d's ``RaycastingScene.compute_distance`` (exact, BVH) when open3d imports; otherwise the pure-torch twin:
@@ -128,17 +138,7 @@ def point_mesh_distance(mesh: trimesh.Trimesh, points: np.ndarray, k: int = 16, 
     :func:`closest_point_on_triangles` (exact whenever the closest triangle is among them, which holds for the
     evenly tessellated meshes marching cubes and scans produce).
     """
-    pts = np.asarray(points, dtype=np.float32)
-    if len(pts) == 0:
-        return np.zeros(0, np.float32)
-    o3d = _open3d()
-    if o3d is not None:
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(
-            o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)), o3d.core.Tensor(np.asarray(mesh.faces, np.uint32))
-        )
-        return scene.compute_distance(o3d.core.Tensor(pts)).numpy()
-    return _point_mesh_distance_torch(mesh, pts, k, chunk)
+    return MeshRaycaster(mesh).distance(points)
 
 
 def _point_mesh_distance_torch(mesh: trimesh.Trimesh, pts: np.ndarray, k: int = 16, chunk: int = 65536) -> np.ndarray:

@@ -199,7 +199,7 @@ class HashGridEncoding(nn.Module):
             out = _InterpolateTable.apply(self.table, *[t for part in parts for t in part])
         # (F, L, N) -> (N, L * F), level-major like tcnn.
         out = out.permute(2, 1, 0).reshape(n, out.shape[0] * out.shape[1])
-        if out.shape[1] != self.out_dim or active < self.levels:
+        if active < self.levels:
             keep = out[:, : active * f]
             out = torch.cat([keep, keep.new_zeros(n, self.out_dim - keep.shape[1])], dim=1)
         return out

@@ -106,6 +106,13 @@ def texel_solid_angle(h: int, w: int, device=None) -> Tensor:
     return (band * (2 * math.pi / w)).float()[:, None]
 
 
+def mean_radiance(texels: Tensor) -> Tensor:
+    """Solid-angle weighted mean (3,) of an equirect map (H, W, 3): the light's average radiance."""
+    h, w, _ = texels.shape
+    sa = texel_solid_angle(h, w, texels.device).to(texels.dtype)  # (h, 1)
+    return (texels * sa[..., None]).sum((0, 1)) / (sa.sum() * w)
+
+
 def equirect_lookup(image: Tensor, uv: Tensor, pole_rows: bool = False) -> Tensor:
     """Bilinear lookup of an (H, W, C) equirect map at uv (..., 2) -> (..., C); wraps in u, clamps in v.
 

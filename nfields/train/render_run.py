@@ -14,15 +14,6 @@ from nfields.errors import NFieldsError
 from nfields.train.trainer import Trainer, save_png
 
 
-def mean_radiance(texels: torch.Tensor) -> torch.Tensor:
-    """Solid-angle weighted mean (3,) of an equirect map (H, W, 3): the light's average radiance."""
-    from nfields.render.envmap import texel_solid_angle
-
-    h, w, _ = texels.shape
-    sa = texel_solid_angle(h, w, texels.device).to(texels.dtype)  # (h, 1)
-    return (texels * sa[..., None]).sum((0, 1)) / (sa.sum() * w)
-
-
 def open_run(run_dir: Path) -> Trainer:
     """Reopen a finished run folder at its last checkpoint (scene loaded; nothing is written to the run)."""
     run_dir = Path(run_dir)
@@ -106,7 +97,7 @@ def relight_environment(field, envmap: Path, rotate: float = 0.0, exposure: floa
     """The light to relight a PBR ``field`` with: ``envmap`` (.hdr) turned ``rotate`` degrees about the field's
     up axis, times ``exposure`` (None: scaled to the learned light's mean radiance, see :func:`relight_run`).
     Returns (EnvironmentMap, exposure)."""
-    from nfields.render.envmap import EnvironmentMap
+    from nfields.render.envmap import EnvironmentMap, mean_radiance
 
     env = EnvironmentMap.from_file(envmap, rotation_deg=rotate, up_axis=field.env.up_axis)
     if exposure is None:

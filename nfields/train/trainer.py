@@ -265,8 +265,10 @@ class Trainer:
         return stats
 
     def _grid_encodings(self) -> list:
-        """The field's hash-grid encodings (those with ``active_levels``)."""
-        return [m for m in self.field.modules() if hasattr(m, "active_levels")]
+        """The field's hash-grid encodings (those with ``active_levels``), found once."""
+        if not hasattr(self, "_grid_encs"):
+            self._grid_encs = [m for m in self.field.modules() if hasattr(m, "active_levels")]
+        return self._grid_encs
 
     def _skip_step(self, stats: dict, what: str) -> dict:
         """A NaN/inf loss or gradient: drop the update, halve the learning rate, report it, and stop the run with
