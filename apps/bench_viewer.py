@@ -14,6 +14,10 @@ Two measurements:
     python apps/bench_viewer.py                   # both, 10 moves each
     python apps/bench_viewer.py --throughput      # + training steps/s headless vs with a browser tab open
     python apps/bench_viewer.py --moves 20 --full-res 256 --no-browser
+    python apps/bench_viewer.py --run bench_out/runs/demo_cpu_s10   # latency on a trained run's own field
+
+``--run RUN`` renders a finished run (its latest checkpoint, the real field and renderer, whole CPU as in
+``nfields view RUN``) instead of the random MLP.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def summary(name: str, xs: list[float]) -> str:
     )
 
 
-def bench_loop(args, field: MLPField) -> dict[str, list[float]]:
+def bench_loop(args, field) -> dict[str, list[float]]:
     """set_camera -> sent frame, on the render loop alone."""
     lock = threading.Condition()
     sent: list[tuple[float, FrameInfo]] = []
@@ -141,7 +145,7 @@ def bench_loop(args, field: MLPField) -> dict[str, list[float]]:
     return res
 
 
-def bench_browser(args, field: MLPField) -> dict[str, list[float]] | None:
+def bench_browser(args, field) -> dict[str, list[float]] | None:
     """Server-side camera move -> the browser's camera message -> the frame queued for that tab."""
     sys.path.insert(0, str(ROOT / "tests" / "viewer"))
     from browser import headless_chromium, missing_browser, wait_for
@@ -187,6 +191,21 @@ def bench_browser(args, field: MLPField) -> dict[str, list[float]] | None:
     finally:
         v.close()
     return res
+
+
+def browser_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by all Chromium / chromedriver processes (Linux /proc; 0 elsewhere)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if "chrom" in name:
+            fields = text[text.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def bench_throughput(args) -> dict | None:
@@ -252,9 +271,12 @@ def bench_throughput(args) -> dict | None:
                 mover = threading.Thread(target=look_around, daemon=True)
                 mover.start()
                 n0 = len(frames)
+                c0, w0 = browser_cpu_s(), time.perf_counter()
                 out["viewer_steps_s"] = steps_per_s(trainer)
+                out["browser_cpu_share"] = (browser_cpu_s() - c0) / (time.perf_counter() - w0) / (os.cpu_count() or 1)
                 out["frames_during"] = len(frames) - n0
                 out["full_frames_during"] = sum(i.full for i in frames[n0:])
+                out["render_s"] = [round(i.render_s, 3) for i in frames[n0:]]
                 stop.set()
                 driver.get("about:blank")
         finally:
@@ -275,6 +297,8 @@ def main() -> None:
     ap.add_argument("--canvas", type=int, nargs=2, default=(1024, 640), metavar=("W", "H"), help="browser window")
     ap.add_argument("--port", type=int, default=8093)
     ap.add_argument("--no-browser", action="store_true", help="only the in-process render loop")
+    ap.add_argument("--run", help="latency: render this finished run's field instead of the random MLP")
+    ap.add_argument("--mode", default="rgb", help="latency with --run: render mode")
     ap.add_argument("--throughput", action="store_true", help="also: training steps/s headless vs with a tab open")
     ap.add_argument("--scene", default="demo", help="throughput: scene to train")
     ap.add_argument("--preset", default="cpu", help="throughput: preset")
@@ -287,12 +311,22 @@ def main() -> None:
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), python {platform.python_version()}"
     )
+    if args.run:
+        from nfields.train.render_run import open_run
+        from nfields.viewer.live import LiveRenderer
+
+        trainer = open_run(args.run)
+        trainer.renderer.eval()
+        live = LiveRenderer(trainer, duty_cycle=1.0)
+        field = lambda cam, mode: live(cam, args.mode)  # noqa: E731
+        what = f"run {args.run} ({trainer.field.__class__.__name__}, mode {args.mode})"
+    else:
+        field = MLPField(samples=args.samples, width=args.width)
+        what = f"random MLP field ({args.width} wide), {args.samples} samples/ray"
     print(
-        f"render: random MLP field ({args.width} wide), {args.samples} samples/ray; "
-        f"preview {args.preview_res} px, full {args.full_res} px "
+        f"render: {what}; preview {args.preview_res} px, full {args.full_res} px "
         f"(long side), canvas {args.canvas[0]}x{args.canvas[1]}, settle {args.settle_s} s"
     )
-    field = MLPField(samples=args.samples, width=args.width)
     results = {"loop": bench_loop(args, field)}
     if not args.no_browser:
         r = bench_browser(args, field)
@@ -306,7 +340,9 @@ def main() -> None:
                 f"{t['headless_steps_s']:.2f} steps/s, with one browser tab "
                 f"(camera moved every {args.orbit_every:g} s) "
                 f"{t['viewer_steps_s']:.2f} steps/s = {100 * t['ratio']:.0f} % "
-                f"({t['frames_during']} frames sent, {t['full_frames_during']} full)"
+                f"({t['frames_during']} frames sent, {t['full_frames_during']} full; "
+                f"render_fn median {statistics.median(t['render_s'] or [0.0]):.2f} s; the browser used "
+                f"{100 * t['browser_cpu_share']:.0f} % of the machine's CPU)"
             )
     for name, r in results.items():
         print(f"\n[{name}]")

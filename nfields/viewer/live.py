@@ -1,8 +1,9 @@
 """Glue between a running Trainer (or a reopened run) and the web viewer.
 
 The viewer's render thread calls :meth:`LiveRenderer.__call__`; it renders in ray chunks, taking the trainer's lock
-only per chunk (a training step waits at most one chunk), and throttles itself to a duty cycle so training keeps
-most of the CPU.
+only per chunk (a training step waits at most one chunk), and keeps a CPU budget (a duty cycle) that the viewer's
+render loops consult before each frame, so training keeps most of the CPU; the loops wait without blocking and then
+render the latest camera.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ MATERIAL_MODES = ("albedo", "roughness", "metallic")
 class LiveRenderer:
     """Render function for the viewer: (ViewCamera, mode) -> (H, W, 3) float image in [0, 1]."""
 
-    def __init__(self, trainer, chunk: int = 4096, duty_cycle: float = 0.25, relight_maps: dict | None = None):
+    def __init__(self, trainer, chunk: int = 4096, duty_cycle: float = 0.15, relight_maps: dict | None = None):
         self.trainer = trainer
         self.chunk = chunk
+        if not 0.0 < duty_cycle <= 1.0:
+            raise NFieldsError(f"viewer: duty_cycle must be in (0, 1], got {duty_cycle}")
         self.duty_cycle = duty_cycle
-        self._busy = 0.0
-        self._since = time.perf_counter()
+        self._free_at = 0.0  # perf_counter time before which the render budget is spent
+        self._budget_lock = threading.Lock()
         self.lock: threading.Lock = getattr(trainer, "lock", threading.Lock())
         # name -> .hdr path, chosen server-side (the browser only ever sends a name from this list).
         self.relight_maps: dict[str, Path] = dict(relight_maps or {})
@@ -78,8 +81,11 @@ class LiveRenderer:
         material = mode in MATERIAL_MODES and hasattr(field, "render_mode")
         relit = self._relight_light() if mode == "relit" and self.relight_maps else None
         outs = {"rgb": [], "depth": [], "opacity": [], "normals": []}
+        waited = 0.0  # seconds spent waiting for a training step to release the lock: not render CPU
         for s in range(0, len(rays), self.chunk):
+            tw = time.perf_counter()
             with self.lock:
+                waited += time.perf_counter() - tw
                 was_training = r.training
                 r.eval()
                 if material:  # the field composites the material channel instead of shaded colour
@@ -114,20 +120,26 @@ class LiveRenderer:
             img = torch.cat(outs["normals"]).reshape(h, w, 3) * 0.5 + 0.5
         else:
             img = torch.cat(outs["rgb"]).reshape(h, w, 3)
-        self._throttle(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        self._spend(t1 - t0 - waited, t1)
         return img.clamp(0, 1).numpy()
 
-    def _throttle(self, spent: float) -> None:
-        # Sleep so rendering uses at most duty_cycle of wall time: training keeps the rest of the cores.
-        if self.duty_cycle < 1.0:
-            time.sleep(spent * (1.0 / self.duty_cycle - 1.0))
+    def _spend(self, busy: float, t1: float) -> None:
+        # A render that ended at t1 and kept the CPU busy for `busy` s buys busy * (1 / duty_cycle - 1) s of rest
+        # for training.
+        with self._budget_lock:
+            self._free_at = max(self._free_at, t1 + busy * (1.0 / self.duty_cycle - 1.0))
+
+    def cooldown(self) -> float:
+        """Seconds until the render budget allows the next frame (0 when it does)."""
+        return max(0.0, self._free_at - time.perf_counter())
 
 
 def start_live_viewer(
     trainer,
     host: str = "127.0.0.1",
     port: int = 8080,
-    duty_cycle: float = 0.25,
+    duty_cycle: float = 0.15,
     allow_save: bool = True,
     on_export: Callable[[], str] | None = None,
 ):
@@ -167,6 +179,7 @@ def start_live_viewer(
         on_save=(lambda: str(trainer.save())) if allow_save else None,
         on_export=on_export,
         relight=(tuple(maps), render.set_relight) if maps else None,
+        cooldown_fn=render.cooldown if duty_cycle < 1.0 else None,
     )
     print(f"viewer: {viewer.url}", flush=True)
     return viewer

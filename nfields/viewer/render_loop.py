@@ -6,7 +6,10 @@ The loop keeps the *latest* request only (camera pose, render mode, field versio
 * once the camera has been still for ``settle_s`` -> the same view at ``full_res``;
 * the field changed (a training step, :meth:`RenderLoop.refresh`) -> the still view again at full resolution, but
   only ``refresh_interval_s`` after the previous render, so a live viewer cannot starve the trainer;
-* every render, of any kind, starts at least ``1 / max_fps`` s after the previous one.
+* every render, of any kind, starts at least ``1 / max_fps`` s after the previous one;
+* an optional ``cooldown_fn`` (shared by all tabs of a live run) holds back every render while the renderer's CPU
+  budget is spent (a duty cycle, so training keeps its share); the loop waits without blocking and then renders the
+  *latest* camera, so the view never lags behind a stale pose.
 
 Exceptions from the render function are logged (once per exception type, with traceback, through the shared
 :class:`ErrorLog`), counted, and the loop carries on; callers never wait on the render thread.
@@ -129,6 +132,7 @@ class RenderLoop:
         refresh_interval_s: float = 1.0,
         errors: ErrorLog | None = None,
         on_frame: Callable[[FrameInfo], None] | None = None,
+        cooldown_fn: Callable[[], float] | None = None,
         name: str = "viewer-render",
     ) -> None:
         self.render_fn = render_fn
@@ -140,6 +144,7 @@ class RenderLoop:
         self.refresh_interval_s = float(refresh_interval_s)
         self.errors = errors if errors is not None else ErrorLog()
         self.on_frame = on_frame
+        self.cooldown_fn = cooldown_fn
         # Counters read by Viewer, tests and the benchmark.
         self.frames_sent = 0
         self.preview_frames = 0
@@ -243,6 +248,8 @@ class RenderLoop:
         else:
             full = False  # new camera or mode: a quick preview first
         wait = self._last_start + self.min_interval_s - now
+        if self.cooldown_fn is not None:
+            wait = max(wait, self.cooldown_fn())
         if wait > 0:
             return None, wait
         res = self.full_res if full else self.preview_res

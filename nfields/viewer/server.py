@@ -11,6 +11,7 @@ exporting go through the callbacks the caller passed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -77,6 +78,7 @@ class Viewer:
         max_fps: upper bound on renders per second per tab.
         refresh_interval_s: after a :meth:`request_refresh` (training step), wait this long after the previous render.
         settle_s: the camera counts as stopped after this long without updates.
+        cooldown_fn: seconds until the next render may start (a live run's CPU budget, shared by all tabs).
 
     The caller prints :attr:`url`, polls :attr:`paused`, calls :meth:`log_metrics`, :meth:`request_refresh` and
     finally :meth:`close`. Counters for tests and benchmarks: :attr:`frames_sent`, :attr:`render_errors`.
@@ -106,6 +108,7 @@ class Viewer:
         max_fps: float = 15.0,
         refresh_interval_s: float = 1.0,
         settle_s: float = 0.2,
+        cooldown_fn: Callable[[], float] | None = None,
         label: str = "nfields",
     ) -> None:
         viser = _import_viser()
@@ -118,6 +121,7 @@ class Viewer:
         self.preview_res, self.full_res = int(preview_res), int(full_res)
         self.max_fps, self.refresh_interval_s, self.settle_s = max_fps, refresh_interval_s, settle_s
         self.on_save, self.on_export = on_save, on_export
+        self.cooldown_fn = cooldown_fn
         self.relight = relight
         self.occupancy_points_fn = occupancy_points_fn
         self.paused = False
@@ -236,6 +240,9 @@ class Viewer:
             # Not silenced like the start banner: redirecting stdout from a thread would swallow the caller's prints.
             self._stopper = threading.Thread(target=self.server.stop, name="viewer-stop", daemon=True)
             self._stopper.start()
+            # A process that exits while viser is still shutting down can abort in native code ("terminate called
+            # without an active exception"): let the interpreter wait for the stop before it finalises.
+            atexit.register(self._stopper.join, 10.0)
         if wait:
             self._stopper.join()
 
@@ -477,7 +484,7 @@ class Viewer:
         loop = RenderLoop(
             self.render_fn, send, mode=self.modes[0], preview_res=self.preview_res, full_res=self.full_res,
             settle_s=self.settle_s, max_fps=self.max_fps, refresh_interval_s=self.refresh_interval_s,
-            errors=self.errors, on_frame=on_frame, name=f"viewer-render-{client_id}",
+            errors=self.errors, on_frame=on_frame, cooldown_fn=self.cooldown_fn, name=f"viewer-render-{client_id}",
         )  # fmt: skip
         # Per-tab controls: each tab has its own mode and render statistics.
         mode = client.gui.add_dropdown("Render mode", self.modes, initial_value=self.modes[0], order=10)

@@ -202,6 +202,41 @@ def test_render_loop_refresh_is_rate_limited():
         loop.close()
 
 
+def test_render_loop_cooldown_waits_then_renders_the_latest_camera():
+    """A spent render budget (a live run's duty cycle) holds renders back without blocking; then the newest pose."""
+    rec = Recorder()
+    free_at = [time.monotonic() + 0.5]
+    cooldown = lambda: max(0.0, free_at[0] - time.monotonic())  # noqa: E731
+    loop = RenderLoop(
+        rec.render, rec.send, preview_res=8, full_res=16, settle_s=0.01, max_fps=100, cooldown_fn=cooldown
+    )
+    try:
+        t0 = time.perf_counter()
+        for _ in range(50):  # a drag during the cooldown: set_camera never waits, nothing renders yet
+            loop.set_camera(still_camera())
+        assert time.perf_counter() - t0 < 0.1
+        time.sleep(0.2)
+        assert loop.render_calls == 0
+        assert wait_for(lambda: loop.full_frames == 1, 5.0)
+        assert time.monotonic() >= free_at[0] - 0.01
+        assert loop.preview_frames == 1  # one preview of the latest pose, not one per stale update
+    finally:
+        loop.close()
+
+
+def test_live_renderer_budget_follows_the_duty_cycle():
+    from nfields.viewer.live import LiveRenderer
+
+    live = LiveRenderer(trainer=None, duty_cycle=0.2)
+    t = time.perf_counter()
+    live._spend(0.1, t)  # a 0.1 s render at duty 0.2 buys 0.4 s of rest
+    assert 0.3 < live.cooldown() <= 0.4
+    live._spend(0.01, t)  # a cheap preview afterwards never shortens the rest
+    assert live.cooldown() > 0.3
+    with pytest.raises(NFieldsError, match="duty_cycle"):
+        LiveRenderer(trainer=None, duty_cycle=0.0)
+
+
 def test_render_loop_survives_errors_and_logs_once(caplog):
     rec = Recorder(fail=True)
     loop = RenderLoop(rec.render, rec.send, preview_res=8, full_res=16, settle_s=0.01, max_fps=100)
