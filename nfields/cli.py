@@ -151,8 +151,9 @@ class Export:
     """Marching-cubes samples per axis over the field's bounds."""
     texture_size: int = 1024
     """Baked texture side in texels (glb/gltf/obj)."""
-    decimate: int = 0
-    """Decimate to about this many faces (0 = keep all)."""
+    decimate: int | None = None
+    """Decimate to about this many faces; unset: 200000 for glb/gltf/obj (a texture atlas wants bigger faces than
+    marching cubes makes at high resolution), all faces for ply; 0 keeps all."""
     level: float | None = None
     """Iso-level: SDF value (default 0) or density (default 2.5; lower it for a barely trained run)."""
     cull: bool = True
@@ -182,6 +183,7 @@ class Export:
         if r.frame == "original":
             print("coordinates: the dataset's original frame (scene scale_mat applied)")
         print(f"exported {r.path}: {r.faces} faces, {r.vertices} vertices, {r.seconds:.1f} s")
+        print("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stages.items()))
         if self.relight_check is not None:
             from nfields.export.relight_check import relight_check
             from nfields.train.render_run import open_run

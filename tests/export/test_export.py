@@ -26,7 +26,7 @@ from nfields.export import (
     write_obj,
     write_ply,
 )
-from nfields.export.bake import srgb_to_linear
+from nfields.export.bake import srgb_to_linear, unwrap_uv
 from nfields.export.gltf import Z_UP_TO_Y_UP
 from nfields.export.validate import find_gltf_validator
 
@@ -112,6 +112,28 @@ def test_blockwise_equals_single_block(mesh):
         assert m.volume == pytest.approx(mesh.volume, rel=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.3, 3.0])
+def test_narrow_band_equals_dense(mesh, scale):
+    """Evaluating the fine grid only near the surface gives the dense result, also for fields that under- or
+    overstate distances (up to the band's 3x), while evaluating far fewer points."""
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return scale * sdf(x)
+
+    dense = extract_mesh(lambda x: scale * sdf(x), AABB, resolution=RES, block=16)
+    band = extract_mesh(counted, AABB, resolution=RES, block=16, narrow_band=3.0)
+    assert len(band.faces) == len(dense.faces) and len(band.vertices) == len(dense.vertices)
+    np.testing.assert_allclose(np.sort(band.vertices, axis=0), np.sort(dense.vertices, axis=0), atol=1e-9)
+    assert band.is_watertight
+    if scale == 1.0:  # a 1-tile band on the exact SDF: the same mesh from about a third of the points
+        calls.clear()
+        tight = extract_mesh(counted, AABB, resolution=RES, block=16, narrow_band=1.0)
+        assert len(tight.faces) == len(dense.faces)
+        assert sum(calls) < 0.4 * RES**3  # the fraction drops with the resolution (~10 % at 512^3, band 3)
+
+
 def test_extract_mesh_transform_and_largest_component(mesh):
     T = np.diag([2.0, 2.0, 2.0, 1.0])
     T[:3, 3] = [1.0, -2.0, 3.0]
@@ -185,6 +207,36 @@ def _sample_surface(uv_mesh: trimesh.Trimesh, n: int, seed: int = 0):
     p = np.einsum("nk,nkd->nd", lam, uv_mesh.vertices[fv])
     uv = np.einsum("nk,nkd->nd", lam, np.asarray(uv_mesh.visual.uv)[fv])
     return f, lam, p, uv
+
+
+def uv_overlap_texels(uv: np.ndarray, faces: np.ndarray, size: int = 256) -> int:
+    """Texel centres strictly inside more than one UV triangle (0 for a valid atlas)."""
+    count = np.zeros((size, size), np.int32)
+    for a, b, c in uv[faces] * size:
+        lo = np.floor(np.minimum(np.minimum(a, b), c)).astype(int).clip(0, size - 1)
+        hi = np.ceil(np.maximum(np.maximum(a, b), c)).astype(int).clip(0, size - 1)
+        xs, ys = np.meshgrid(np.arange(lo[0], hi[0] + 1) + 0.5, np.arange(lo[1], hi[1] + 1) + 0.5)
+        p = np.stack([xs, ys], -1)
+        d = (b - a)[0] * (c - a)[1] - (b - a)[1] * (c - a)[0]
+        if abs(d) < 1e-12:
+            continue
+        w1 = ((p[..., 0] - a[0]) * (c - a)[1] - (p[..., 1] - a[1]) * (c - a)[0]) / d
+        w2 = ((b - a)[0] * (p[..., 1] - a[1]) - (b - a)[1] * (p[..., 0] - a[0])) / d
+        inside = (w1 > 1e-3) & (w2 > 1e-3) & (w1 + w2 < 1 - 1e-3)
+        count[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1] += inside
+    return int((count > 1).sum())
+
+
+def test_unwrap_in_pieces_is_one_valid_atlas():
+    """A mesh unwrapped as spatially compact pieces: same surface, faces in order, one atlas without overlaps."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces
+    v, f, uv, vmap = unwrap_uv(sphere, piece_faces=700)  # 8 pieces
+    np.testing.assert_array_equal(vmap[f], sphere.faces)  # every output face is the input face, in order
+    np.testing.assert_allclose(v, sphere.vertices[vmap])
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    assert uv_overlap_texels(uv, f) == 0
+    whole = unwrap_uv(sphere)  # one piece: the same contract
+    np.testing.assert_array_equal(whole[3][whole[1]], sphere.faces)
 
 
 def test_bake_texels_match_material(baked):
