@@ -127,6 +127,7 @@ def fresh_select(
     coords: Tensor | None = None,
     n_bins: int | None = None,
     n_init: int = 1,
+    stride: int | None = None,
 ) -> FreshResult:
     """Pick the embedding hyperparameter whose *untrained* model's spectrum is closest (W1) to the target's.
 
@@ -135,7 +136,10 @@ def fresh_select(
     ``build(value)`` or ``build(value, seed)`` -> network mapping (N, d) coordinates to (N, C); coords: the
     target's sample coordinates (prod(H, W), d) in the layout of :func:`grid_coords` (default: that);
     n_bins: spectrum size (default 64 for siren, 128 otherwise); n_init: untrained models per candidate (their
-    spectra are averaged; needs ``build(value, seed)`` to differ).
+    spectra are averaged; needs ``build(value, seed)`` to differ); stride: compare target and models on every
+    ``stride``-th sample per axis (the same points of both). Default: the largest stride that keeps the shortest
+    side >= 2 * n_bins samples, so every kept bin (index sum <= n_bins) is still below the sampling limit; a
+    768x512 Kodak image is then compared on 384x256 points, 4x fewer model evaluations.
     """
     if family not in FAMILIES:
         raise NFieldsError(f"fresh: unknown family {family!r}; one of {', '.join(FAMILIES)}")
@@ -149,6 +153,15 @@ def fresh_select(
     coords = grid_coords(shape) if coords is None else coords
     if coords.shape[0] != math.prod(shape):
         raise NFieldsError(f"fresh: {coords.shape[0]} coordinates for a target of shape {tuple(target.shape)}")
+    if stride is None:
+        stride = max(1, min(shape) // (2 * n_bins))
+    if int(stride) < 1:
+        raise NFieldsError(f"fresh: stride must be >= 1, got {stride}")
+    if stride > 1:
+        keep = tuple(slice(None, None, int(stride)) for _ in shape)
+        coords = coords.reshape(*shape, coords.shape[-1])[keep].reshape(-1, coords.shape[-1])
+        target = target[keep]
+        shape = tuple(target.shape[:-1])
     want = spectrum_1d(target, n_bins)
     takes_seed = len(inspect.signature(build).parameters) >= 2
     distances = []

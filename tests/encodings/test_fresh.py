@@ -106,3 +106,23 @@ def test_fresh_select_errors_and_seeded_builds():
 
     res = fresh_select(tgt, "siren", [1.0, 2.0], build, n_init=3)
     assert seeds == [0, 1, 2, 0, 1, 2] and res.option == "omega_0"
+
+
+def test_fresh_on_a_strided_grid_picks_the_same():
+    """Comparing on every 2nd sample per axis (4x fewer model evaluations) keeps every bin below the sampling limit
+    when the short side is >= 2 * n_bins: the pick on a 256^2 signal with 64 bins is the same as on the full grid."""
+    img = bandlimited(256, 32)
+    calls = []
+
+    def counted(sigma):
+        net = build_fourier(sigma)
+        net.register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+        return net
+
+    full = fresh_select(img, "fourier", SIGMAS, counted, n_bins=64, stride=1)
+    n_full, calls[:] = sum(calls), []
+    auto = fresh_select(img, "fourier", SIGMAS, counted, n_bins=64)  # default stride: 256 // 128 = 2
+    assert auto.best == full.best
+    assert sum(calls) * 4 == n_full
+    with pytest.raises(NFieldsError, match="stride"):
+        fresh_select(img, "fourier", SIGMAS, build_fourier, stride=0)
