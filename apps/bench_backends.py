@@ -160,7 +160,10 @@ def bench_cam_protocol(args, images) -> list[dict]:
     base = {"hidden": 256, "layers": 3, "encoding": "fourier", "sigma": args.cam_sigma, "n_fourier": 256}
     for img_name, img in images:
         for backend, name, opts in [("mlp-fourier", "mlp", base), ("cam", "cam", {**base, "grid_res": 32})]:
-            r = fit_image(img, name, opts, steps=args.steps, lr=1e-3, batch=args.batch, protocol="every_other")
+            r = fit_image(
+                img, name, opts, steps=args.steps, lr=1e-3, batch=args.batch, protocol="every_other",
+                lr_milestones=tuple(args.lr_milestones),
+            )  # fmt: skip
             rows.append(
                 {
                     "image": img_name,
@@ -271,6 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=1 << 16, help="pixels per step")
     p.add_argument("--steps", type=int, default=500, help="cam_protocol: steps per model")
     p.add_argument("--cam-sigma", type=float, default=10.0)
+    p.add_argument(
+        "--lr-milestones", type=float, nargs="*", default=[], help="cam_protocol: step fractions where lr drops 10x "
+        "(the CAM paper: 2000 full-batch steps, --lr-milestones 0.5 0.75)",
+    )  # fmt: skip
     p.add_argument("--speed-steps", type=int, default=5)
     p.add_argument("--sigmas", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10, 15, 20, 30, 50])
     p.add_argument("--fresh-budget", type=float, default=30.0)

@@ -100,8 +100,7 @@ class _NarrowBand:
         cell_tile = np.searchsorted(idx, np.arange(n - 1), side="right") - 1
         below = cell_tile[np.clip(np.arange(n) - 1, 0, n - 2)]
         above = cell_tile[np.clip(np.arange(n), 0, n - 2)]
-        ax = active[below] | active[above]  # (n, t, t)
-        self._axy = ax[:, below] | ax[:, above]  # (n, n, t)
+        self._ax = active[below] | active[above]  # (n, t, t): n^3 / 16 bytes, the fine mask is built per slab
         self._below, self._above = below, above
         nearest = np.abs(np.arange(n)[:, None] - idx[None, :]).argmin(axis=1)
         self._coarse, self._nearest = coarse, nearest
@@ -112,7 +111,8 @@ class _NarrowBand:
         near = self._nearest
         vals[...] = self._coarse[np.ix_(near, near, near[k0:k1])]
         z = np.arange(k0, k1)
-        return self._axy[:, :, self._below[z]] | self._axy[:, :, self._above[z]]
+        axz = self._ax[:, :, self._below[z]] | self._ax[:, :, self._above[z]]  # (n, t, nz)
+        return axz[:, self._below] | axz[:, self._above]
 
 
 def _masked_values(sdf_fn, axes, k0: int, need: np.ndarray, chunk: int, device, vals: np.ndarray) -> None:
@@ -219,7 +219,8 @@ def extract_mesh(
         transform: (4,4) map from the field's normalised coordinates to the output coordinates (e.g. DTU's
             ``scale_mat``); applied to the vertices at the end (a reflection keeps normals outward).
         block: cells per marching-cubes block and per evaluation slab; memory is about
-            ``resolution^2 * (block+1) * 4`` bytes of SDF values plus one block's marching-cubes output.
+            ``resolution^2 * (block+1) * 4`` bytes of SDF values plus one block's marching-cubes output (``block`` is
+            lowered so that this stays <= ~1 GB, e.g. 16 at 4096^3).
         device: where points are sent before ``sdf_fn`` is called.
         narrow_band: 0 evaluates the whole grid. > 0 (for signed distance fields only): evaluate a coarse grid
             first and the fine grid only in tiles that may hold the surface (corners within ``narrow_band`` tile
@@ -244,6 +245,7 @@ def extract_mesh(
         if transform.shape != (4, 4) or not np.all(np.isfinite(transform)):
             raise NFieldsError(f"extract_mesh: transform must be a finite (4,4) matrix, got shape {transform.shape}")
     n, block, device = int(resolution), int(block), torch.device(device)
+    block = max(1, min(block, 2**28 // (n * n)))  # a slab of SDF values stays <= ~1 GB at any resolution
     axes = [np.linspace(box[a], box[a + 3], n) for a in range(3)]
     step = (box[3:] - box[:3]) / (n - 1)
     starts = list(range(0, n - 1, block))  # block b covers cells [s, min(s+block, n-1)), samples one more

@@ -116,6 +116,7 @@ def fit_image(
     eval_at_s: list[float] | None = None,
     device: str | None = None,
     fresh_candidates: list[float] | None = None,
+    lr_milestones: tuple[float, ...] = (),
 ) -> FitResult:
     """Fit ``network`` (a registered backend with ``options``) to an image with Adam and MSE.
 
@@ -123,7 +124,8 @@ def fit_image(
     (backends' ``param_groups`` may scale it); batch: random pixels per step (None: all training pixels);
     protocol: ``full`` or ``every_other``; time_budget_s: stop after this much training time; fresh: choose the
     backend's embedding scale (sigma / omega_0 / n_freqs / finest_res) with FreSh first; seed: weight init and
-    batch order; eval_at_s: training times at which to also record the test PSNR in ``history``.
+    batch order; eval_at_s: training times at which to also record the test PSNR in ``history``; lr_milestones:
+    fractions of ``steps`` at which every learning rate drops 10x (the CAM paper's image protocol: (0.5, 0.75)).
     """
     if protocol not in PROTOCOLS:
         raise NFieldsError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
@@ -131,6 +133,8 @@ def fit_image(
         raise NFieldsError(f"--steps {steps}: must be >= 1")
     if batch is not None and batch < 1:
         raise NFieldsError(f"--batch {batch}: must be >= 1")
+    if lr_milestones and (steps < 1 or not all(0.0 < m < 1.0 for m in lr_milestones)):
+        raise NFieldsError(f"lr milestones {tuple(lr_milestones)}: need a step count and fractions in (0, 1)")
     dev = pick_device(device)
     img = load_image(image)
     h, w, c = img.shape
@@ -164,6 +168,7 @@ def fit_image(
     torch.manual_seed(seed)
     net = build_network(network, 2, c, **options).to(dev)
     opt = torch.optim.Adam(param_groups(net, lr), lr=lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted(round(m * steps) for m in lr_milestones), gamma=0.1)
     coords, target = coords.to(dev), target.to(dev)
     train_coords, train_target = train_coords.to(dev), train_target.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -189,6 +194,7 @@ def fit_image(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         step += 1
         clock.stop()
         last_train = float(loss.detach())

@@ -39,6 +39,28 @@ def test_fit_image_tensor_and_protocols():
     assert fit_image(img, "mlp", smooth, steps=50, batch=64).steps == 50
 
 
+def test_fit_image_lr_milestones():
+    """The CAM paper's step decay: lr x0.1 at the given fractions of the run; bad milestones are one-line errors."""
+    img = smooth_image()
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        r = fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_milestones=(0.5, 0.75))
+    finally:
+        torch.optim.Adam.step = orig
+    assert r.steps == 40
+    assert seen[0] == pytest.approx(3e-3) and seen[25] == pytest.approx(3e-4) and seen[-1] == pytest.approx(3e-5)
+    for bad in [(0.0,), (1.5,)]:
+        with pytest.raises(NFieldsError, match="milestones"):
+            fit_image(img, "mlp", MLP, steps=10, lr_milestones=bad)
+
+
 def test_fit_image_file_budget_and_fresh(tmp_path, capsys):
     path = tmp_path / "img.png"
     Image.fromarray((smooth_image().numpy() * 255).astype(np.uint8)).save(path)
