@@ -34,7 +34,7 @@ class LiveRenderer:
         self.duty_cycle = duty_cycle
         self._free_at = 0.0  # perf_counter time before which the render budget is spent
         self._budget_lock = threading.Lock()
-        self.lock: threading.Lock = getattr(trainer, "lock", threading.Lock())
+        self.lock = getattr(trainer, "lock", None) or threading.RLock()
         # name -> .hdr path, chosen server-side (the browser only ever sends a name from this list).
         self.relight_maps: dict[str, Path] = dict(relight_maps or {})
         self._relight = (next(iter(self.relight_maps), None), 0.0)
@@ -179,7 +179,7 @@ def start_live_viewer(
         on_save=(lambda: str(trainer.save())) if allow_save else None,
         on_export=on_export,
         relight=(tuple(maps), render.set_relight) if maps else None,
-        cooldown_fn=render.cooldown if duty_cycle < 1.0 else None,
+        cooldown_fn=render.cooldown,  # always 0 at duty_cycle 1 (a finished run)
     )
     print(f"viewer: {viewer.url}", flush=True)
     return viewer

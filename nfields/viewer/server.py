@@ -11,7 +11,6 @@ exporting go through the callbacks the caller passed.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import logging
@@ -240,9 +239,6 @@ class Viewer:
             # Not silenced like the start banner: redirecting stdout from a thread would swallow the caller's prints.
             self._stopper = threading.Thread(target=self.server.stop, name="viewer-stop", daemon=True)
             self._stopper.start()
-            # A process that exits while viser is still shutting down can abort in native code ("terminate called
-            # without an active exception"): let the interpreter wait for the stop before it finalises.
-            atexit.register(self._stopper.join, 10.0)
         if wait:
             self._stopper.join()
 
