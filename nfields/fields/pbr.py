@@ -62,6 +62,11 @@ class PBRField(SDFField):
         # Per-channel albedo factor for evaluation/relighting after scale alignment (see the module docstring).
         object.__setattr__(self, "albedo_gain", None)
 
+    def stage_parameters(self) -> list:
+        """The parameters that only the PBR stage trains (material head and light); the trainer gives them a
+        learning-rate schedule that starts when that stage does."""
+        return [*self.material_net.parameters(), *self.env.parameters()]
+
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
         None goes back to the learned one."""

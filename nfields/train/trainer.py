@@ -95,6 +95,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.viewer = viewer
+        self.read_only = read_only
         # Held for a whole training step (and while checkpointing / evaluating): a viewer thread renders between
         # steps, never while the renderer is mid-forward in training mode (it flips the renderer to eval mode and the
         # field's render mode / light, which would change how the step's graph is built). Re-entrant.
@@ -122,19 +123,39 @@ class Trainer:
 
         self.field = build_field(cfg, self.scene.aabb)
         self.renderer = Renderer(self.field, cfg.render, near=self.scene.near, far=self.scene.far)
-        self.optimizer = torch.optim.Adam(param_groups(self.field, t.lr), lr=t.lr, eps=1e-15)
-        decay = math.log(max(t.lr_final_ratio, 1e-8)) / max(t.steps - t.warmup_steps, 1)
+        groups = param_groups(self.field, t.lr)
+        stage_params = {id(p) for p in getattr(self.field, "stage_parameters", lambda: [])()}
+        if stage_params:
+            # Material head and light: trained from the start of the PBR stage on their own schedule (below).
+            split = []
+            for g in groups:
+                own = [p for p in g["params"] if id(p) in stage_params]
+                rest = [p for p in g["params"] if id(p) not in stage_params]
+                split += [{**g, "params": rest}] if rest else []
+                split += [{**g, "params": own, "stage": "pbr"}] if own else []
+            groups = split
+        self.optimizer = torch.optim.Adam(groups, lr=t.lr, eps=1e-15)
+        self.elapsed = 0.0
+        self.pbr_start_progress: float | None = None
+        log_final = math.log(max(t.lr_final_ratio, 1e-8))
 
         def schedule(step: int) -> float:
             if step < t.warmup_steps:
                 return 0.01 + 0.99 * step / max(t.warmup_steps, 1)
-            return math.exp(decay * min(step - t.warmup_steps, t.steps))
+            return math.exp(log_final * self.schedule_progress(step))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        def stage_schedule(step: int) -> float:
+            # Full lr when the PBR stage starts, decaying to lr_final_ratio over what is left of the run.
+            p0 = self.pbr_start_progress
+            if p0 is None:
+                return 1.0
+            return math.exp(log_final * min(max((self.schedule_progress(step) - p0) / max(1.0 - p0, 1e-6), 0.0), 1.0))
+
+        lambdas = [stage_schedule if g.get("stage") == "pbr" else schedule for g in self.optimizer.param_groups]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
         self.batcher = RayBatcher(self.scene, self.scene.train_ids, t.batch_rays, seed=t.seed)
         self.n_rays = t.batch_rays
         self.step = 0
-        self.elapsed = 0.0
         self.lr_scale = 1.0
         self.bad_steps = 0
         self.n_params = count_parameters(self.field)
@@ -163,6 +184,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "n_rays": self.n_rays,
             "lr_scale": self.lr_scale,
+            "pbr_start_progress": self.pbr_start_progress,
             "renderer": self.renderer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -173,14 +195,19 @@ class Trainer:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.renderer.load_state_dict(state["renderer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if not self.read_only:
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as e:  # e.g. a checkpoint written before the PBR parameters had their own group
+                raise NFieldsError(f"{self.run_dir}: cannot resume, the checkpoint's optimizer differs ({e})") from None
+            self.scheduler.load_state_dict(state["scheduler"])
         self.batcher.load_state_dict(state["batcher"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.n_rays = int(state["n_rays"])
         self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.pbr_start_progress = state.get("pbr_start_progress")
 
     def save(self) -> Path:
         """Write a checkpoint of the current step (atomic)."""
@@ -192,6 +219,16 @@ class Trainer:
     def is_sdf(self) -> bool:
         """True when the field is a signed distance field."""
         return self.field.kind == "sdf"
+
+    def schedule_progress(self, step: int) -> float:
+        """How far the run is, in [0, 1], for the learning-rate decay: the larger of the step fraction (after
+        warm-up) and, with a time budget, the fraction of it spent -- so a run stopped by its budget has annealed
+        too, instead of ending at a high learning rate partway down a schedule made for ``train.steps``."""
+        t = self.cfg.train
+        p = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
+        if t.time_budget_s:
+            p = max(p, self.elapsed / t.time_budget_s)
+        return min(max(p, 0.0), 1.0)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns its metrics. Non-finite losses skip the step and back off the lr.
@@ -299,6 +336,8 @@ class Trainer:
                 enc.active_levels = start + int(frac * (enc.levels - start) + 1e-9)
         if hasattr(self.field, "shading") and self.cfg.model.shading == "pbr":
             self.field.shading = "pbr" if self.step >= self.cfg.train.pbr_start else "neural"
+            if self.field.shading == "pbr" and self.pbr_start_progress is None:
+                self.pbr_start_progress = self.schedule_progress(self.step) if self.step > 0 else 0.0
 
     def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
         """Mean |n(p) - n(p + delta)| of unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2): a cheap

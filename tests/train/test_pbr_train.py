@@ -99,3 +99,35 @@ def test_tiny_pbr_run_recovers_materials_and_relights(pbr_scene, tmp_path):
     check = relight_check(trainer, glb, env, rotate=90.0, downscale=1, max_views=2)
     assert check["psnr"] > MIN_EXPORT_RELIGHT_PSNR, check
     assert (glb.parent / "relight_check.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_lr_schedule_follows_time_budget_and_restarts_for_the_pbr_stage(pbr_scene, tmp_path):
+    overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=1000", "train.pbr_start=500",
+                 "train.warmup_steps=0", "train.lr_final_ratio=0.01", "train.time_budget_s=100"]  # fmt: skip
+    cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
+    trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "sched"), progress=False)
+    groups = trainer.optimizer.param_groups
+    stage = [g for g in groups if g.get("stage") == "pbr"]
+    assert len(stage) == 1 and {id(p) for p in stage[0]["params"]} == {id(p) for p in trainer.field.stage_parameters()}
+    main = [g for g in groups if g.get("stage") != "pbr"]
+    # Steps alone: 100 of 1000 is 10 % of the run; with half the time budget spent, the run is half way.
+    assert trainer.schedule_progress(100) == pytest.approx(0.1)
+    trainer.elapsed = 50.0
+    assert trainer.schedule_progress(100) == pytest.approx(0.5)
+    trainer.scheduler.last_epoch = 99
+    trainer.scheduler.step()
+    assert main[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.5)
+    assert stage[0]["lr"] == pytest.approx(cfg.train.lr)  # not started: untouched (and untrained)
+    # The PBR stage begins at half of the run: materials and light start at the full rate, then decay to the final
+    # ratio over the rest of the run, while the geometry keeps its own schedule.
+    trainer.step = 500
+    trainer.update_stage()
+    assert trainer.field.shading == "pbr" and trainer.pbr_start_progress == pytest.approx(0.5)
+    trainer.scheduler.step()
+    assert stage[0]["lr"] == pytest.approx(cfg.train.lr)
+    trainer.elapsed = 75.0
+    trainer.scheduler.step()
+    assert stage[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.5)
+    assert main[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.75)
+    assert trainer.state_dict()["pbr_start_progress"] == pytest.approx(0.5)
