@@ -68,6 +68,11 @@ class ModelConfig:
     """pbr: the learned environment map is env_height x 2 env_height texels (log radiance)."""
     env_up_axis: str = "z"
     """pbr: the scene's up axis for the environment map (z: generated scenes; -y: normalised DTU)."""
+    shadow_lights: int = 0
+    """pbr: cast shadows from this many of the light's brightest texels (soft sphere tracing through a cached copy
+    of the SDF, once per ray; see render/shadows.py); 0 = unshadowed split-sum lighting."""
+    shadow_resolution: int = 64
+    """pbr with shadows: vertices per side of the cached SDF lattice the shadow rays march through."""
 
 
 MODEL_KINDS = ("density", "sdf")

@@ -15,6 +15,10 @@ as bright albedo render the same). Nothing in training pins it; the light starts
 albedo is bounded to [0.03, 1], and evaluation aligns albedo per channel (least squares) before PSNR, as the
 inverse-rendering literature (NeRFactor, TensoIR) does. Relighting with a new map uses the learned albedo as is.
 
+Shadows (``shadow_lights`` > 0): the brightest texels of the light cast soft shadows, traced per ray through a
+cached copy of the SDF (:mod:`nfields.render.shadows`); the renderer asks :meth:`PBRField.shadow_visibility` at
+each ray's surface point and passes the result to :meth:`PBRField.color`.
+
 ``render_mode`` selects what :meth:`color` returns for the renderer to composite: ``rgb`` (shaded, sRGB),
 ``albedo`` (sRGB), ``roughness``, ``metallic`` (grey, linear) -- the material maps for evaluation and the viewer.
 """
@@ -28,6 +32,7 @@ from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
 from nfields.render.envmap import LearnedEnvironment
 from nfields.render.shading import linear_to_srgb, shade_pbr
+from nfields.render.shadows import ShadowVolume, brightest_texels
 
 RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
 MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
@@ -38,7 +43,8 @@ class PBRField(SDFField):
 
     Extra arguments over :class:`SDFField`: ``material_hidden``/``material_layers`` (the material MLP on geometry
     features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
-    ``up_axis`` of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes).
+    ``up_axis`` of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes),
+    ``shadow_lights`` (shadow-casting texels, 0 = none) and ``shadow_resolution`` (cached SDF lattice).
     """
 
     def __init__(
@@ -49,6 +55,8 @@ class PBRField(SDFField):
         env_height: int = 16,
         env_init: float = 1.0,
         up_axis: str = "z",
+        shadow_lights: int = 0,
+        shadow_resolution: int = 64,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -61,6 +69,34 @@ class PBRField(SDFField):
         object.__setattr__(self, "relight_env", None)
         # Per-channel albedo factor for evaluation/relighting after scale alignment (see the module docstring).
         object.__setattr__(self, "albedo_gain", None)
+        if shadow_lights < 0 or (shadow_lights and shadow_resolution < 8):
+            raise NFieldsError(
+                f"model.shadow_lights {shadow_lights} / shadow_resolution {shadow_resolution}: need >= 0 lights and "
+                "a lattice of >= 8"
+            )
+        self.shadow_lights = int(shadow_lights)
+        object.__setattr__(self, "shadow_volume", ShadowVolume(self.aabb, shadow_resolution) if shadow_lights else None)
+
+    def wants_shadows(self) -> bool:
+        """True when the next :meth:`color` call shades with shadows (pbr stage, rgb mode, shadows on)."""
+        return self.shadow_volume is not None and self.shading == "pbr" and self.render_mode == "rgb"
+
+    def update_shadows(self) -> None:
+        """Re-sample the SDF into the shadow lattice (the trainer does it with each occupancy-grid update)."""
+        if self.shadow_volume is not None:
+            self.shadow_volume.update(self.sdf, device=self.aabb.device)
+
+    def _light(self):
+        return self.relight_env if self.relight_env is not None else self.env
+
+    @torch.no_grad()
+    def shadow_visibility(self, points: Tensor, normals: Tensor) -> Tensor:
+        """Visibility (M, K) in [0, 1] of the light's K brightest texels from surface points (M, 3) with unit
+        normals (M, 3); builds the shadow lattice on first use."""
+        if self.shadow_volume.volume is None:
+            self.update_shadows()
+        lights = brightest_texels(self._light(), self.shadow_lights)
+        return self.shadow_volume.visibility(points, normals, lights.dirs)
 
     def stage_parameters(self) -> list:
         """The parameters that only the PBR stage trains (material head and light); the trainer gives them a
@@ -80,9 +116,12 @@ class PBRField(SDFField):
             albedo = (albedo * self.albedo_gain.to(albedo)).clamp(0.0, 1.0)
         return albedo, MIN_ROUGHNESS + (1 - MIN_ROUGHNESS) * m[:, 3], m[:, 4]
 
-    def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
+    def color(
+        self, features: Tensor, dirs: Tensor, normals: Tensor | None = None, visibility: Tensor | None = None
+    ) -> Tensor:
         """What ``render_mode`` asks for, (N, 3) in [0, 1]; ``rgb`` is shaded under the learned (or relight) light
-        once ``shading == "pbr"``, and comes from the neural head before that."""
+        once ``shading == "pbr"``, and comes from the neural head before that. ``visibility`` (N, K): the shadow
+        term from :meth:`shadow_visibility` (None: unshadowed)."""
         if self.render_mode not in RENDER_MODES:
             raise NFieldsError(f"render_mode {self.render_mode!r}: choose one of {', '.join(RENDER_MODES)}")
         if self.render_mode == "rgb" and self.shading != "pbr":
@@ -95,8 +134,9 @@ class PBRField(SDFField):
             return v[:, None].expand(-1, 3)
         if normals is None:
             raise NFieldsError("PBRField.color needs normals to shade")
-        env = self.relight_env if self.relight_env is not None else self.env
-        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env)
+        env = self._light()
+        shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
+        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 
     def set_albedo_gain(self, gain: Tensor | None) -> None:

@@ -102,6 +102,8 @@ class Renderer(nn.Module):
         if not self.cfg.use_grid or step % self.cfg.grid_update_every != 0:
             return
         step_size = self.step_size
+        if callable(getattr(self.field, "update_shadows", None)) and getattr(self.field, "shading", "") == "pbr":
+            self.field.update_shadows()  # the shadow rays' copy of the SDF follows the surface with the grid
         if self.field.kind == "sdf" and callable(getattr(self.field, "shell_width", None)):
             # SDF fields: the cells within the visible shell, tested exactly at cell centres (no EMA lag, so the
             # grid tightens as the surface sharpens).
@@ -177,10 +179,14 @@ class Renderer(nn.Module):
             # field's split-sum lookups) is the costly part of a sample. Skipped samples change a pixel by at most
             # their summed weight (each < color_weight_thre).
             keep = torch.nonzero(weights.detach() > cfg.color_weight_thre).squeeze(-1)
+            kw = {}
+            if getattr(self.field, "wants_shadows", lambda: False)():
+                kw["visibility"] = self._shadow_visibility(weights, normals, t_mid, ri, origins, dirs, n)
             if len(keep) == len(weights):
-                rgb_s = self.field.color(feat, d, normals)
+                rgb_s = self.field.color(feat, d, normals, **kw)
             else:
-                shaded = self.field.color(feat[keep], d[keep], normals[keep])
+                kw = {k: v[keep] for k, v in kw.items()}
+                shaded = self.field.color(feat[keep], d[keep], normals[keep], **kw)
                 rgb_s = shaded.new_zeros(len(weights), shaded.shape[-1]).index_copy(0, keep, shaded)
             normals_out = accumulate_along_rays(weights, normals, ri, n)
             extras["sdf"] = sdf
@@ -197,6 +203,24 @@ class Renderer(nn.Module):
         extras.update(weights=weights, ray_indices=ri, t_starts=t0, t_ends=t1)
         extras["n_marched"] = torch.tensor(n_marched)  # samples before the SDF cull (== n_samples otherwise)
         return RenderOutput(rgb, depth, opacity, normals_out, n_samples=len(ri), extras=extras)
+
+    @torch.no_grad()
+    def _shadow_visibility(
+        self, weights: Tensor, normals: Tensor, t_mid: Tensor, ri: Tensor, origins: Tensor, dirs: Tensor, n: int
+    ) -> Tensor:
+        """Per-sample shadow visibility (S, K) of a shadowed PBR field, traced once per ray from its expected surface
+        point (weights-averaged depth and normal; rays with opacity < 0.05 count as unshadowed)."""
+        w = weights.detach()
+        opacity = accumulate_along_rays(w, None, ri, n).squeeze(-1)
+        depth = accumulate_along_rays(w, t_mid[:, None], ri, n).squeeze(-1) / opacity.clamp_min(1e-10)
+        nrm = accumulate_along_rays(w, normals.detach(), ri, n)
+        hit = torch.nonzero(opacity > 0.05).squeeze(-1)
+        vis_ray = torch.ones(n, self.field.shadow_lights, device=w.device)
+        if len(hit):
+            pts = origins[hit] + dirs[hit] * depth[hit, None]
+            unit = nrm[hit] / nrm[hit].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            vis_ray[hit] = self.field.shadow_visibility(pts, unit)
+        return vis_ray[ri]
 
     @torch.no_grad()
     def _visible(self, x: Tensor, d: Tensor, ri: Tensor, t0: Tensor, t1: Tensor, t_mid: Tensor, n: int) -> Tensor:

@@ -44,10 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from nfields.render.shadows import ShadowLights
 
 MIN_ALPHA = 1e-3
 DIELECTRIC_F0 = 0.04
@@ -279,6 +283,13 @@ def brdf_cook_torrance(n: Tensor, v: Tensor, l: Tensor, albedo: Tensor, roughnes
 
 
 # ---------------------------------------------------------------------------------------------- renderers
+def occluded_irradiance(normals: Tensor, visibility: Tensor, lights: ShadowLights) -> Tensor:
+    """Irradiance (N, 3) that the blocked part of ``lights`` would have brought: ``sum_k (1 - V_k) L_k (n.w_k)+ dw_k``
+    for unit normals (N, 3) and visibility (N, K) in [0, 1] (see :mod:`nfields.render.shadows`)."""
+    cos = (normals @ lights.dirs.T).clamp_min(0.0)
+    return ((1.0 - visibility) * cos * lights.solid_angle) @ lights.radiance
+
+
 def shade_pbr(
     normals: Tensor,
     view_dirs: Tensor,
@@ -287,6 +298,7 @@ def shade_pbr(
     metallic: Tensor,
     env,
     return_parts: bool = False,
+    shadow: tuple[Tensor, ShadowLights] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Split-sum image-based lighting -> linear HDR rgb (N, 3) (formula in the module docstring).
 
@@ -294,14 +306,22 @@ def shade_pbr(
     :class:`~nfields.render.envmap.EnvironmentMap` or :class:`~nfields.render.envmap.LearnedEnvironment`).
     ``view_dirs`` point from the surface to the camera. Back-facing normals (n.v <= 0) are shaded as if n.v were
     1e-4, a common guard for SDF normals near silhouettes. Differentiable in every input and in the environment.
-    With ``return_parts`` returns ``(rgb, diffuse, specular)``.
+    With ``return_parts`` returns ``(rgb, diffuse, specular)``. ``shadow = (visibility (N, K), lights)`` removes
+    the blocked part of the light's brightest texels (see :mod:`nfields.render.shadows`): from the irradiance, and
+    from the specular term by the same ratio.
     """
     roughness, metallic = _col(roughness), _col(metallic)
     nv = _col((normals * view_dirs).sum(-1)).clamp(1e-4, 1.0)
     f0 = _material(albedo, metallic)
     e_spec = specular_albedo(nv, roughness, f0)
-    diffuse = albedo * (1 - metallic) * (1 - e_spec) * env.irradiance(normals) / math.pi
-    specular = env.prefiltered(reflect(view_dirs, normals), roughness) * e_spec
+    irradiance = env.irradiance(normals)
+    spec_light = env.prefiltered(reflect(view_dirs, normals), roughness)
+    if shadow is not None:
+        lit = (irradiance - occluded_irradiance(normals, *shadow)).clamp_min(0.0)
+        spec_light = spec_light * (lit / irradiance.clamp_min(1e-8)).clamp(0.0, 1.0)
+        irradiance = lit
+    diffuse = albedo * (1 - metallic) * (1 - e_spec) * irradiance / math.pi
+    specular = spec_light * e_spec
     rgb = diffuse + specular
     return (rgb, diffuse, specular) if return_parts else rgb
 

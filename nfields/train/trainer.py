@@ -523,6 +523,6 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
 
         return PBRField(
             aabb, env_height=m.env_height, up_axis=m.env_up_axis, init_radius=m.sdf_init_radius,
-            normals=m.sdf_normals, **common,
+            normals=m.sdf_normals, shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, **common,
         )  # fmt: skip
     return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, **common)

@@ -80,3 +80,41 @@ def test_relight_is_not_part_of_the_checkpoint():
     lit = f.color(feat, dirs, normals)
     f.relight(None)
     assert not torch.allclose(lit, f.color(feat, dirs, normals))
+
+
+def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns():
+    """A sphere cannot shadow itself: with shadows on, the rendered sphere matches the unshadowed one, and gradients
+    still reach the light's shadow-casting texels."""
+    from nfields.render.renderer import RenderConfig, Renderer
+    from nfields.types import Rays
+
+    def sphere_field(k):
+        f = _field(shadow_lights=k)
+        with torch.no_grad():
+            for p in f.net.parameters():
+                p.zero_()  # the initial sphere of radius 0.5
+            f.variance.fill_(0.8)
+            f.env.log_radiance[4, 10] += 4.0  # a sun
+        return f
+
+    g = torch.Generator().manual_seed(0)
+    origins = torch.nn.functional.normalize(torch.randn(256, 3, generator=g), dim=-1) * 2.0
+    target = torch.randn(256, 3, generator=g) * 0.2
+    rays = Rays(origins, torch.nn.functional.normalize(target - origins, dim=-1))
+    outs = []
+    for k in (0, 8):
+        f = sphere_field(k)
+        r = Renderer(f, RenderConfig(n_steps=256, grid_resolution=32, stratified=False)).eval()
+        r.update_grid(0)
+        assert f.wants_shadows() == (k > 0)
+        outs.append((f, r(rays)))
+    (_, plain), (f, shadowed) = outs
+    assert f.shadow_volume.volume is not None  # built with the occupancy grid
+    hit = plain.opacity > 0.5
+    assert hit.sum() > 50
+    assert (plain.rgb[hit] - shadowed.rgb[hit]).abs().max() < 0.02
+    f.env.log_radiance.grad = None
+    r = Renderer(f, RenderConfig(n_steps=256, grid_resolution=32, stratified=False))
+    r.update_grid(0)
+    r(rays).rgb.sum().backward()
+    assert f.env.log_radiance.grad[4, 10].abs().sum() > 0

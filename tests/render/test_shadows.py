@@ -1,0 +1,82 @@
+"""Environment shadows: soft sphere tracing through the cached SDF finds the blocker (and nothing else), the chosen
+texels are the light's brightest, and shading with everything visible is exactly the unshadowed split sum."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nfields.render.envmap import EnvironmentMap, LearnedEnvironment
+from nfields.render.shading import shade_pbr
+from nfields.render.shadows import ShadowVolume, brightest_texels
+
+AABB = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
+
+
+def _ball_over_floor(x: torch.Tensor) -> torch.Tensor:
+    """A ball of radius 0.3 centred 0.5 above the floor z = -0.5."""
+    ball = (x - torch.tensor([0.0, 0.0, 0.0])).norm(dim=-1) - 0.3
+    return torch.minimum(ball, x[:, 2] + 0.5)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    v = ShadowVolume(AABB, resolution=64)
+    v.update(_ball_over_floor)
+    return v
+
+
+def test_cached_sdf_matches_the_function(volume):
+    x = torch.rand(2000, 3) * 1.6 - 0.8
+    assert (volume.sdf(x) - _ball_over_floor(x)).abs().max() < 0.02  # trilinear at 1/32 spacing: creases
+
+
+def test_shadow_under_the_ball_light_beside_it(volume):
+    up = torch.tensor([[0.0, 0.0, 1.0]])
+    slanted = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0]]), dim=-1)
+    points = torch.tensor([[0.0, 0.0, -0.5], [0.7, 0.0, -0.5], [0.0, 0.0, 0.3], [-0.5, 0.0, -0.5]])
+    normals = torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3)
+    vis = volume.visibility(points, normals, torch.cat([up, slanted]))
+    assert vis[0, 0] < 0.05  # straight under the ball, light from above: shadowed
+    assert vis[1, 0] > 0.95  # on the floor beside it: lit
+    assert vis[2, 0] > 0.95  # top of the ball: lit (no self-shadowing)
+    assert vis[3, 1] < 0.05  # up-left of the ball the slanted light is blocked by it ...
+    assert vis[3, 0] > 0.95  # ... the overhead one is not
+    below = torch.tensor([[0.0, 0.0, -1.0]])
+    assert volume.visibility(points[1:2], normals[:1], below)[0, 0] == 0  # below the horizon
+
+
+def test_brightest_texels_find_the_sun():
+    tex = torch.full((16, 32, 3), 0.1)
+    tex[3, 20] = 50.0
+    env = EnvironmentMap(tex, up_axis="z")
+    lights = brightest_texels(env, 4)
+    sun_dir = env.radiance(lights.dirs[:1])
+    assert lights.radiance[0].min() == 50.0 and sun_dir.min() > 10.0
+    assert torch.allclose(lights.dirs.norm(dim=-1), torch.ones(4))
+    # A learned light: the texel radiance carries gradients.
+    learned = LearnedEnvironment(16, 32, up_axis="-y")
+    learned.log_radiance.data[5, 7] += 3.0
+    lk = brightest_texels(learned, 3)
+    lk.radiance.sum().backward()
+    assert learned.log_radiance.grad[5, 7].abs().sum() > 0
+
+
+def test_shading_with_full_visibility_is_unshadowed_and_blocking_removes_the_sun():
+    tex = torch.full((16, 32, 3), 0.2)
+    tex[4, 10] = 40.0
+    env = EnvironmentMap(tex, up_axis="z")
+    lights = brightest_texels(env, 2)
+    n = torch.nn.functional.normalize(lights.dirs[:1] + torch.tensor([[0.0, 0.0, 0.3]]), dim=-1).expand(8, 3)
+    v = n.clone()
+    albedo, rough, metal = torch.full((8, 3), 0.8), torch.full((8,), 0.6), torch.zeros(8)
+    plain = shade_pbr(n, v, albedo, rough, metal, env)
+    lit = shade_pbr(n, v, albedo, rough, metal, env, shadow=(torch.ones(8, 2), lights))
+    assert torch.allclose(plain, lit)
+    blocked = shade_pbr(n, v, albedo, rough, metal, env, shadow=(torch.zeros(8, 2), lights))
+    sun = (lights.radiance[0] * lights.solid_angle[0] * (n[0] @ lights.dirs[0])).mean()
+    assert sun > 0.2 * env.irradiance(n[:1]).mean()  # the sun is a large part of the light here
+    assert (blocked < 0.8 * plain).all() and (blocked >= 0).all()
+    assert math.isfinite(float(blocked.sum()))
