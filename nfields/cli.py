@@ -230,7 +230,7 @@ class MakeScene:
     """Number of views (every 8th is held out)."""
     size: int = 200
     """Image side in pixels."""
-    spp: int = 64
+    spp: int = 128
     """Light samples per pixel."""
     up: str = "y"
     """The mesh file's up axis (y or z)."""

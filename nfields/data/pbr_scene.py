@@ -52,7 +52,7 @@ class PBRSceneConfig:
     """Training + held-out views (every 8th is held out by the loaders)."""
     size: int = 200
     """Image width = height in pixels."""
-    spp: int = 64
+    spp: int = 128
     """Light samples per pixel (Monte Carlo, with shadow rays)."""
     up: str = "y"
     """The mesh file's up axis (y: Stanford scans, most OBJ exports; z: CAD / Blender). Ignored for the demo."""

@@ -27,7 +27,7 @@ from torch import Tensor
 from nfields.data.cameras import Cameras
 
 # Bump when the generated pictures change, so cached copies are regenerated.
-DEMO_VERSION = "2"  # 2: PBR materials under a procedural sky, with ground truth
+DEMO_VERSION = "3"  # 2: PBR materials under a procedural sky, with ground truth; 3: light sampling, 64 spp
 DEMO_RADIUS = 0.75  # the object lies inside this sphere at the origin
 CAMERA_DISTANCE = 3.0
 _LIGHT = torch.tensor([0.45, -0.35, 0.82])
@@ -192,13 +192,13 @@ def world_mat(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray = DEMO_SCALE
     return P @ w2c @ np.linalg.inv(scale_mat)
 
 
-def generate_demo_scene(out: Path, n_views: int = 40, size: int = 200, seed: int = 0, spp: int = 32) -> Path:
+def generate_demo_scene(out: Path, n_views: int = 40, size: int = 200, seed: int = 0, spp: int = 64) -> Path:
     """Write the built-in demo scene into ``out`` and return it: the analytic shape with procedural PBR materials
     under a procedural sky (:func:`nfields.data.pbr_scene.make_pbr_scene` with ``envmap=None``), DTU layout, with
     the full ground truth in ``gt/`` (albedo, roughness, metallic, normals, relit views, the sky itself).
 
     Files: ``cameras_sphere.npz`` (world_mat_i, scale_mat_i = DEMO_SCALE_MAT), ``image/%06d.png`` (RGB),
-    ``mask/%03d.png`` (grey 0/255), ``gt/``, ``README.txt``. About 15 s at the defaults on one CPU core.
+    ``mask/%03d.png`` (grey 0/255), ``gt/``, ``README.txt``. About 50 s at the defaults on one CPU core.
     """
     from nfields.data.pbr_scene import PBRSceneConfig, make_pbr_scene
 

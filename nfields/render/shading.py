@@ -326,6 +326,60 @@ def shade_pbr(
     return (rgb, diffuse, specular) if return_parts else rgb
 
 
+class _EnvSampler:
+    """Importance sampling of an equirect light (``env.texels()``, ``env.world_to_map``): texel j with probability
+    ``P_j`` proportional to its mean radiance x solid angle, then uniform in its (u, v) rectangle; the density per
+    solid angle of a direction in texel j is ``P_j H W / (2 pi^2 sin theta)``."""
+
+    def __init__(self, env):
+        with torch.no_grad():
+            tex = env.texels().detach().float()
+            h, w = tex.shape[:2]
+            sa = texel_solid_angle_rows(h, w).to(tex)  # (h, 1)
+            # Radiance is looked up bilinearly, so a texel next to a bright one is partly as bright: take each
+            # texel's 3x3 neighbourhood maximum (wrapping in u) so the pdf never undershoots the integrand.
+            lum = F.pad(tex.mean(-1)[None, None], (1, 1, 0, 0), mode="circular")
+            lum = F.max_pool2d(F.pad(lum, (0, 0, 1, 1), mode="replicate"), 3, stride=1)[0, 0]
+            power = lum * sa
+            power = power + 1e-6 * power.mean().clamp_min(1e-12)  # every texel reachable
+            self.prob = (power / power.sum()).reshape(-1)
+            # How concentrated the light is: 4 pi sum_j P_j^2 / dw_j, 1 for a uniform sky, large for a sun.
+            dw = sa.expand(h, w).reshape(-1)
+            self.concentration = float(4 * math.pi * (self.prob**2 / dw).sum())
+            self.cdf = torch.cumsum(self.prob, 0)
+            self.cdf[-1] = 1.0
+        self.h, self.w = h, w
+        self.to_world = env.world_to_map.to(tex)  # d_map = M d_world, so d_world (row) = d_map @ M
+
+    def sample(self, u0: Tensor, u1: Tensor, u2: Tensor) -> Tensor:
+        """Unit world directions (...) x 3 from three uniform tensors of one shape."""
+        j = torch.searchsorted(self.cdf, u0.reshape(-1).contiguous()).clamp_max(self.h * self.w - 1).reshape(u0.shape)
+        row, col = j // self.w, j % self.w
+        uv = torch.stack([(col + u1) / self.w, (row + u2) / self.h], -1)
+        theta, phi = uv[..., 1] * math.pi, (0.5 - uv[..., 0]) * (2 * math.pi)
+        st = torch.sin(theta)
+        d_map = torch.stack([st * torch.cos(phi), st * torch.sin(phi), torch.cos(theta)], -1)
+        return d_map @ self.to_world.to(d_map)
+
+    def pdf(self, dirs: Tensor) -> Tensor:
+        """Density per solid angle (...) of drawing unit world directions (..., 3)."""
+        d = dirs @ self.to_world.to(dirs).T
+        x, y, z = d.unbind(-1)
+        u = torch.remainder(0.5 - torch.atan2(y, x) / (2 * math.pi), 1.0)
+        theta = torch.atan2(torch.sqrt(x * x + y * y), z)
+        row = (theta / math.pi * self.h).long().clamp(0, self.h - 1)
+        col = (u * self.w).long().clamp(0, self.w - 1)
+        p = self.prob.to(dirs)[row * self.w + col]
+        return p * (self.h * self.w) / (2 * math.pi**2 * torch.sin(theta).clamp_min(1e-6))
+
+
+def texel_solid_angle_rows(h: int, w: int) -> Tensor:
+    """(h, 1) solid angle of each texel row of an h x w equirect map (as
+    :func:`nfields.render.envmap.texel_solid_angle`, repeated here because envmap imports this module)."""
+    edges = torch.arange(h + 1, dtype=torch.float64) / h * math.pi
+    return ((torch.cos(edges[:-1]) - torch.cos(edges[1:])) * (2 * math.pi / w)).float()[:, None]
+
+
 def shade_pbr_mc(
     normals: Tensor,
     view_dirs: Tensor,
@@ -336,14 +390,20 @@ def shade_pbr_mc(
     n_samples: int = 64,
     generator: torch.Generator | None = None,
     visibility: Callable[[Tensor], Tensor] | None = None,
+    env_sampling: float = 0.5,
 ) -> Tensor:
     """Monte Carlo reference of ``integral f(v, l) L(l) (n.l) dl`` -> linear HDR rgb (N, 3), same BRDF as
     :func:`brdf_cook_torrance`, lighting from ``env.radiance``.
 
-    Each sample picks GGX visible-normal sampling (Heitz 2018) with probability ``p_s`` (the specular share of the
-    expected reflectance, clamped to [0.1, 0.9]) or cosine sampling otherwise, and is weighted by the mixture pdf
-    ``p_s pdf_ggx + (1 - p_s) pdf_cos`` -- one-sample MIS with the balance heuristic, unbiased and robust for both
-    mirror-like metals and matte dielectrics. ``generator`` (a CPU ``torch.Generator``) makes it reproducible.
+    Each sample picks one of three strategies: the light itself with probability ``p_e`` (a texel drawn in
+    proportion to its power, radiance x solid angle, then a uniform point in it: what keeps a small bright sun from
+    turning into fireflies; ``p_e = env_sampling (1 - 1 / c)`` with ``c = 4 pi sum_j P_j^2 / dw_j`` the light's
+    concentration, so a uniform sky is not sampled twice), else GGX visible-normal sampling (Heitz 2018) with
+    probability ``p_s`` (the specular share of the expected reflectance, clamped to [0.1, 0.9]) or cosine sampling;
+    each sample is weighted by the mixture pdf ``p_e pdf_env + (1 - p_e) (p_s pdf_ggx + (1 - p_s) pdf_cos)`` --
+    one-sample MIS with the balance heuristic, unbiased and robust for sunny skies, mirror-like metals and matte
+    dielectrics alike. ``env_sampling = 0`` (or an env without ``texels()``) samples the BRDF only. ``generator``
+    (a CPU ``torch.Generator``) makes it reproducible.
     Differentiable (path derivatives through the sampled directions). Memory: processed ~1M samples at a time.
     ``visibility`` (optional, for shadows) maps the sampled world light directions (N, k, 3) of the N points to
     (N, k) in [0, 1]: 0 where the scene blocks the environment.
@@ -365,6 +425,11 @@ def shade_pbr_mc(
     total = torch.zeros_like(albedo)
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     shift = torch.rand((n_pts, 1), generator=generator, device=gen_dev).to(dev)
+    light = _EnvSampler(env) if env_sampling > 0 and callable(getattr(env, "texels", None)) else None
+    # Light sampling pays off with a concentrated light; under a near-uniform sky it would only waste samples.
+    p_env = float(env_sampling) * (1.0 - 1.0 / max(light.concentration, 1.0)) if light is not None else 0.0
+    if p_env < 0.02:
+        light, p_env = None, 0.0
     for s0 in range(0, n_samples, chunk):
         k = min(chunk, n_samples - s0)
         u = torch.rand((2, n_pts, k), generator=generator, device=gen_dev).to(dev)
@@ -378,13 +443,23 @@ def shade_pbr_mc(
         # Strategy choice stratified over the sample index with a random per-point shift: each choice is still
         # uniform (unbiased), but every point gets exactly ~p_s * n_samples GGX samples (no binomial noise).
         strata = (torch.arange(s0, s0 + k, device=dev, dtype=u.dtype) + 0.5) / n_samples
-        pick_spec = (torch.remainder(strata[None] + shift, 1.0) < p_spec)[..., None]
+        pick = torch.remainder(strata[None] + shift, 1.0)  # (N, k) uniform; split into the strategies' shares
+        pick_spec = (pick < p_env + (1 - p_env) * p_spec)[..., None]
         ll = torch.where(pick_spec, l_spec, l_cos)  # (N, k, 3) local
+        if light is not None:
+            ue = torch.rand((3, n_pts, k), generator=generator, device=gen_dev).to(dev)
+            le = light.sample(ue[0], ue[1], ue[2])  # (N, k, 3) world
+            le_local = torch.stack(
+                [(le * t[:, None]).sum(-1), (le * b[:, None]).sum(-1), (le * normals[:, None]).sum(-1)], -1
+            )
+            ll = torch.where((pick < p_env)[..., None], le_local, ll)
         nl = ll[..., 2:3]
         hh = F.normalize(ll + v_local[:, None], dim=-1)
         pdf_spec = ggx_ndf(hh[..., 2:3], alpha[:, None]) * smith_g1(nv, alpha)[:, None] / (4 * nv[:, None])
         pdf = p_spec[:, None] * pdf_spec + (1 - p_spec[:, None]) * nl.clamp_min(0) / math.pi
         lw = t[:, None] * ll[..., 0:1] + b[:, None] * ll[..., 1:2] + normals[:, None] * ll[..., 2:3]
+        if light is not None:
+            pdf = (1 - p_env) * pdf + p_env * light.pdf(lw)[..., None]
         per_sample = [_repeat(x, k) for x in (normals, view_dirs, albedo, roughness, metallic)]
         f = brdf_cook_torrance(per_sample[0], per_sample[1], lw.reshape(-1, 3), *per_sample[2:]).reshape(n_pts, k, 3)
         radiance = env.radiance(lw.reshape(-1, 3)).reshape(n_pts, k, 3)
