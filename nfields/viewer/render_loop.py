@@ -58,12 +58,13 @@ class ErrorLog:
         """Record ``exc``; log it with traceback the first time its type is seen."""
         kind = type(exc).__qualname__
         with self._lock:
-            self.count += 1
             first = kind not in self._seen
             self._seen.add(kind)
         if first:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             log.warning("viewer: %s failed (%s; further %s errors are only counted):\n%s", where, exc, kind, tb)
+        with self._lock:  # counted once logged, so whoever sees the count also finds the log record
+            self.count += 1
 
 
 def to_uint8_image(img) -> np.ndarray:
