@@ -332,10 +332,12 @@ class _EnvSampler:
     solid angle of a direction in texel j is ``P_j H W / (2 pi^2 sin theta)``."""
 
     def __init__(self, env):
+        from nfields.render.envmap import texel_solid_angle  # envmap imports this module
+
         with torch.no_grad():
             tex = env.texels().detach().float()
             h, w = tex.shape[:2]
-            sa = texel_solid_angle_rows(h, w).to(tex)  # (h, 1)
+            sa = texel_solid_angle(h, w).to(tex)  # (h, 1)
             # Radiance is looked up bilinearly, so a texel next to a bright one is partly as bright: take each
             # texel's 3x3 neighbourhood maximum (wrapping in u) so the pdf never undershoots the integrand.
             lum = F.pad(tex.mean(-1)[None, None], (1, 1, 0, 0), mode="circular")
@@ -371,13 +373,6 @@ class _EnvSampler:
         col = (u * self.w).long().clamp(0, self.w - 1)
         p = self.prob.to(dirs)[row * self.w + col]
         return p * (self.h * self.w) / (2 * math.pi**2 * torch.sin(theta).clamp_min(1e-6))
-
-
-def texel_solid_angle_rows(h: int, w: int) -> Tensor:
-    """(h, 1) solid angle of each texel row of an h x w equirect map (as
-    :func:`nfields.render.envmap.texel_solid_angle`, repeated here because envmap imports this module)."""
-    edges = torch.arange(h + 1, dtype=torch.float64) / h * math.pi
-    return ((torch.cos(edges[:-1]) - torch.cos(edges[1:])) * (2 * math.pi / w)).float()[:, None]
 
 
 def shade_pbr_mc(

@@ -96,13 +96,6 @@ class ShadowVolume:
         out = torch.cat([sdf_fn(pts[a : a + chunk]).reshape(-1).float() for a in range(0, len(pts), chunk)])
         self.volume = out.reshape(1, 1, r, r, r)
 
-    def to(self, device) -> ShadowVolume:
-        """Move the cached lattice (and box) to ``device``."""
-        self.aabb = self.aabb.to(device)
-        if self.volume is not None:
-            self.volume = self.volume.to(device)
-        return self
-
     def sdf(self, x: Tensor) -> Tensor:
         """Trilinear SDF at points (..., 3) inside the box -> (...)."""
         lo, hi = self.aabb[:3].to(x), self.aabb[3:].to(x)
