@@ -82,8 +82,9 @@ class PBRField(SDFField):
         return self.shadow_volume is not None and self.shading == "pbr" and self.render_mode == "rgb"
 
     def update_shadows(self) -> None:
-        """Re-sample the SDF into the shadow lattice (the trainer does it with each occupancy-grid update)."""
-        if self.shadow_volume is not None:
+        """Re-sample the SDF into the shadow lattice (the renderer does it with each occupancy-grid update); a no-op
+        without shadows or before the PBR stage."""
+        if self.shadow_volume is not None and self.shading == "pbr":
             self.shadow_volume.update(self.sdf, device=self.aabb.device)
 
     def _light(self):

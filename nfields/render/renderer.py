@@ -102,7 +102,7 @@ class Renderer(nn.Module):
         if not self.cfg.use_grid or step % self.cfg.grid_update_every != 0:
             return
         step_size = self.step_size
-        if callable(getattr(self.field, "update_shadows", None)) and getattr(self.field, "shading", "") == "pbr":
+        if callable(getattr(self.field, "update_shadows", None)):
             self.field.update_shadows()  # the shadow rays' copy of the SDF follows the surface with the grid
         if self.field.kind == "sdf" and callable(getattr(self.field, "shell_width", None)):
             # SDF fields: the cells within the visible shell, tested exactly at cell centres (no EMA lag, so the
@@ -179,25 +179,28 @@ class Renderer(nn.Module):
             # field's split-sum lookups) is the costly part of a sample. Skipped samples change a pixel by at most
             # their summed weight (each < color_weight_thre).
             keep = torch.nonzero(weights.detach() > cfg.color_weight_thre).squeeze(-1)
+            # Opacity, depth and normals do not depend on colour: composited once, here, and reused by shadows.
+            opacity = accumulate_along_rays(weights, None, ri, n).squeeze(-1)
+            depth = accumulate_along_rays(weights, t_mid[:, None], ri, n).squeeze(-1) / (opacity + 1e-10)
+            normals_out = accumulate_along_rays(weights, normals, ri, n)
             kw = {}
             if getattr(self.field, "wants_shadows", lambda: False)():
-                kw["visibility"] = self._shadow_visibility(weights, normals, t_mid, ri, origins, dirs, n)
+                kw["visibility"] = self._shadow_visibility(opacity, depth, normals_out, ri, origins, dirs)
             if len(keep) == len(weights):
                 rgb_s = self.field.color(feat, d, normals, **kw)
             else:
                 kw = {k: v[keep] for k, v in kw.items()}
                 shaded = self.field.color(feat[keep], d[keep], normals[keep], **kw)
                 rgb_s = shaded.new_zeros(len(weights), shaded.shape[-1]).index_copy(0, keep, shaded)
-            normals_out = accumulate_along_rays(weights, normals, ri, n)
             extras["sdf"] = sdf
             extras["sdf_grad"] = grad
         else:
             sigmas, feat = self.field.geometry(x)
             rgb_s = self.field.color(feat, d, None)
             weights, _, _ = render_weight_from_density(t0, t1, sigmas, ri, n)
+            opacity = accumulate_along_rays(weights, None, ri, n).squeeze(-1)
+            depth = accumulate_along_rays(weights, t_mid[:, None], ri, n).squeeze(-1) / (opacity + 1e-10)
         rgb = accumulate_along_rays(weights, rgb_s, ri, n)
-        opacity = accumulate_along_rays(weights, None, ri, n).squeeze(-1)
-        depth = accumulate_along_rays(weights, t_mid[:, None], ri, n).squeeze(-1) / (opacity + 1e-10)
         if background is not None:
             rgb = rgb + (1.0 - opacity)[:, None] * background.to(rgb).expand(n, 3)
         extras.update(weights=weights, ray_indices=ri, t_starts=t0, t_ends=t1)
@@ -206,19 +209,15 @@ class Renderer(nn.Module):
 
     @torch.no_grad()
     def _shadow_visibility(
-        self, weights: Tensor, normals: Tensor, t_mid: Tensor, ri: Tensor, origins: Tensor, dirs: Tensor, n: int
+        self, opacity: Tensor, depth: Tensor, normals: Tensor, ri: Tensor, origins: Tensor, dirs: Tensor
     ) -> Tensor:
         """Per-sample shadow visibility (S, K) of a shadowed PBR field, traced once per ray from its expected surface
-        point (weights-averaged depth and normal; rays with opacity < 0.05 count as unshadowed)."""
-        w = weights.detach()
-        opacity = accumulate_along_rays(w, None, ri, n).squeeze(-1)
-        depth = accumulate_along_rays(w, t_mid[:, None], ri, n).squeeze(-1) / opacity.clamp_min(1e-10)
-        nrm = accumulate_along_rays(w, normals.detach(), ri, n)
+        point (the ray's composited depth and normal; rays with opacity < 0.05 count as unshadowed)."""
         hit = torch.nonzero(opacity > 0.05).squeeze(-1)
-        vis_ray = torch.ones(n, self.field.shadow_lights, device=w.device)
+        vis_ray = torch.ones(len(opacity), self.field.shadow_lights, device=opacity.device)
         if len(hit):
             pts = origins[hit] + dirs[hit] * depth[hit, None]
-            unit = nrm[hit] / nrm[hit].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            unit = normals[hit] / normals[hit].norm(dim=-1, keepdim=True).clamp_min(1e-8)
             vis_ray[hit] = self.field.shadow_visibility(pts, unit)
         return vis_ray[ri]
 
