@@ -27,7 +27,8 @@ from torch import Tensor
 from nfields.data.cameras import Cameras
 
 # Bump when the generated pictures change, so cached copies are regenerated.
-DEMO_VERSION = "3"  # 2: PBR materials under a procedural sky, with ground truth; 3: light sampling, 64 spp
+DEMO_VERSION = "4"  # 2: PBR materials under a procedural sky, with ground truth; 3: light sampling, 64 spp;
+# 4: quasi-random (shifted Halton) samples, 128 spp
 DEMO_RADIUS = 0.75  # the object lies inside this sphere at the origin
 CAMERA_DISTANCE = 3.0
 _LIGHT = torch.tensor([0.45, -0.35, 0.82])
@@ -192,7 +193,7 @@ def world_mat(K: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray = DEMO_SCALE
     return P @ w2c @ np.linalg.inv(scale_mat)
 
 
-def generate_demo_scene(out: Path, n_views: int = 40, size: int = 200, seed: int = 0, spp: int = 64) -> Path:
+def generate_demo_scene(out: Path, n_views: int = 40, size: int = 200, seed: int = 0, spp: int = 128) -> Path:
     """Write the built-in demo scene into ``out`` and return it: the analytic shape with procedural PBR materials
     under a procedural sky (:func:`nfields.data.pbr_scene.make_pbr_scene` with ``envmap=None``), DTU layout, with
     the full ground truth in ``gt/`` (albedo, roughness, metallic, normals, relit views, the sky itself).

@@ -326,6 +326,27 @@ def shade_pbr(
     return (rgb, diffuse, specular) if return_parts else rgb
 
 
+_HALTON_BASES = (2, 3, 5)
+
+
+def _radical_inverse(i: Tensor, base: int) -> Tensor:
+    """Van der Corput radical inverse of the integer tensor ``i`` in ``base`` -> float64 in [0, 1)."""
+    out = torch.zeros(i.shape, dtype=torch.float64, device=i.device)
+    f, i = 1.0 / base, i.clone()
+    while bool((i > 0).any()):
+        out = out + f * (i % base).double()
+        i, f = torch.div(i, base, rounding_mode="floor"), f / base
+    return out
+
+
+def _shifted_halton(index: Tensor, shift: Tensor) -> Tensor:
+    """Halton points (bases 2, 3, 5) of the sample indices (k,), each point's sequence toroidally shifted by its own
+    random offset (dims, N, 1) (Cranley-Patterson rotation: every sample stays uniform, so estimates stay unbiased,
+    but one point's samples cover the square evenly) -> (dims, N, k)."""
+    h = torch.stack([_radical_inverse(index, b) for b in _HALTON_BASES]).to(shift)  # (dims, k)
+    return torch.remainder(h[:, None, :] + shift, 1.0)
+
+
 class _EnvSampler:
     """Importance sampling of an equirect light (``env.texels()``, ``env.world_to_map``): texel j with probability
     ``P_j`` proportional to its mean radiance x solid angle, then uniform in its (u, v) rectangle; the density per
@@ -420,6 +441,8 @@ def shade_pbr_mc(
     total = torch.zeros_like(albedo)
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     shift = torch.rand((n_pts, 1), generator=generator, device=gen_dev).to(dev)
+    # Quasi-random sample directions: Halton points per point, randomly rotated (see _shifted_halton).
+    qmc_shift = torch.rand((len(_HALTON_BASES), n_pts, 1), generator=generator, device=gen_dev).to(dev)
     light = _EnvSampler(env) if env_sampling > 0 and callable(getattr(env, "texels", None)) else None
     # Light sampling pays off with a concentrated light; under a near-uniform sky it would only waste samples.
     p_env = float(env_sampling) * (1.0 - 1.0 / max(light.concentration, 1.0)) if light is not None else 0.0
@@ -427,7 +450,8 @@ def shade_pbr_mc(
         light, p_env = None, 0.0
     for s0 in range(0, n_samples, chunk):
         k = min(chunk, n_samples - s0)
-        u = torch.rand((2, n_pts, k), generator=generator, device=gen_dev).to(dev)
+        index = torch.arange(s0, s0 + k, device=dev)
+        u = _shifted_halton(index, qmc_shift.to(torch.float64)).to(normals.dtype)  # (3, N, k)
         # GGX branch: reflect v about a visible normal; cosine branch: Malley's method.
         h = sample_ggx_vndf(v_local[:, None], alpha, u[0], u[1])
         l_spec = 2 * (v_local[:, None] * h).sum(-1, keepdim=True) * h - v_local[:, None]
@@ -442,8 +466,7 @@ def shade_pbr_mc(
         pick_spec = (pick < p_env + (1 - p_env) * p_spec)[..., None]
         ll = torch.where(pick_spec, l_spec, l_cos)  # (N, k, 3) local
         if light is not None:
-            ue = torch.rand((3, n_pts, k), generator=generator, device=gen_dev).to(dev)
-            le = light.sample(ue[0], ue[1], ue[2])  # (N, k, 3) world
+            le = light.sample(u[0], u[1], u[2])  # (N, k, 3) world; its samples are others than the BRDF's
             le_local = torch.stack(
                 [(le * t[:, None]).sum(-1), (le * b[:, None]).sum(-1), (le * normals[:, None]).sum(-1)], -1
             )
