@@ -61,6 +61,9 @@ class ModelConfig:
     """How SDF fields take their gradient: analytic (autograd, double backward in training; ~3x faster than finite
     differences with the torch backends on a CPU) or finite_difference (6 extra evaluations; for backends without a
     double backward, e.g. tiny-cuda-nn)."""
+    sdf_color_dirs: str = "view"
+    """SDF fields' neural colour head sees the view direction (view, NeuS) or the view direction mirrored about the
+    normal (reflected, Ref-NeRF / Ref-NeuS: glossy and metallic surfaces without bumps faked into the geometry)."""
     shading: str = "neural"
     """SDF fields: neural (a colour MLP of normal, view direction and features) or pbr (materials -- albedo, roughness,
     metallic -- shaded with GGX + Lambert under a learned HDR environment; relightable; see fields/pbr.py)."""

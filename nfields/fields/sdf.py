@@ -15,6 +15,8 @@ from nfields.encodings.sh import SphericalHarmonics
 from nfields.fields.base import Field
 from nfields.registry import build_network
 
+COLOR_DIRS = ("view", "reflected")
+
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
     """ReLU MLP with ``layers`` hidden layers."""
@@ -48,6 +50,7 @@ class SDFField(Field):
         color_layers: int = 2,
         normals: str = "finite_difference",
         fd_eps: float = 1e-3,
+        color_dirs: str = "view",
     ):
         super().__init__(aabb)
         self.net = build_network(network, 3, 1 + geo_feat_dim, **(network_options or {}))
@@ -59,6 +62,9 @@ class SDFField(Field):
             raise ValueError(f"normals must be finite_difference or analytic, got {normals!r}")
         self.normal_mode = normals
         self.fd_eps = fd_eps
+        if color_dirs not in COLOR_DIRS:
+            raise ValueError(f"color_dirs must be one of {', '.join(COLOR_DIRS)}, got {color_dirs!r}")
+        self.color_dirs = color_dirs
         self.cos_anneal_ratio = 1.0
         # Floor of the occupancy shell's half-width (world units); see density().
         self.min_shell_width = 2.0 / 64.0
@@ -98,9 +104,13 @@ class SDFField(Field):
         return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
 
     def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
-        """RGB (N, 3) from features, unit view directions and unit normals."""
+        """RGB (N, 3) from features, unit ray directions and unit normals. With ``color_dirs="reflected"`` the head
+        sees the ray mirrored about the normal instead of the ray itself (Ref-NeRF): a glossy highlight is then a
+        smooth function of its input, so the SDF is not pushed to bend the surface to fake one."""
         if normals is None:
             normals = torch.zeros_like(dirs)
+        elif self.color_dirs == "reflected":
+            dirs = dirs - 2 * (dirs * normals).sum(-1, keepdim=True) * normals
         h = torch.cat([normals, self.dir_enc(dirs), features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 

@@ -35,7 +35,7 @@ from nfields.data.rays import RayBatcher
 from nfields.errors import NFieldsError
 from nfields.fields import count_parameters, param_groups
 from nfields.fields.radiance import RadianceField
-from nfields.fields.sdf import SDFField, eikonal_loss
+from nfields.fields.sdf import COLOR_DIRS, SDFField, eikonal_loss
 from nfields.render.renderer import Renderer
 from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from nfields.train.metrics import psnr, ssim
@@ -516,6 +516,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         return RadianceField(aabb, **common)
     if m.sdf_normals not in ("finite_difference", "analytic"):
         raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    if m.sdf_color_dirs not in COLOR_DIRS:
+        raise NFieldsError(f"model.sdf_color_dirs {m.sdf_color_dirs!r}: valid: {', '.join(COLOR_DIRS)}")
     if m.shading not in SHADINGS:
         raise NFieldsError(f"model.shading {m.shading!r}: valid: {', '.join(SHADINGS)}")
     if m.shading == "pbr":
@@ -523,6 +525,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
 
         return PBRField(
             aabb, env_height=m.env_height, up_axis=m.env_up_axis, init_radius=m.sdf_init_radius,
-            normals=m.sdf_normals, shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, **common,
+            normals=m.sdf_normals, color_dirs=m.sdf_color_dirs, shadow_lights=m.shadow_lights,
+            shadow_resolution=m.shadow_resolution, **common,
         )  # fmt: skip
-    return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, **common)
+    return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, color_dirs=m.sdf_color_dirs, **common)

@@ -111,6 +111,27 @@ def test_unknown_model_kind_is_one_line_error():
         build_field(cfg, torch.tensor([-1.0, -1, -1, 1, 1, 1]))
 
 
+def test_reflected_colour_head_sees_the_mirrored_ray():
+    aabb = [-1.0, -1, -1, 1, 1, 1]
+    torch.manual_seed(0)
+    view = SDFField(aabb, network="mlp", color_dirs="view")
+    refl = SDFField(aabb, network="mlp", color_dirs="reflected")
+    refl.load_state_dict(view.state_dict())
+    n = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    feat = torch.randn(64, view.color_net[0].in_features - 3 - view.dir_enc.out_dim)
+    mirrored = d - 2 * (d * n).sum(-1, keepdim=True) * n
+    assert torch.allclose(refl.color(feat, d, n), view.color(feat, mirrored, n), atol=1e-6)
+    assert not torch.allclose(refl.color(feat, d, n), view.color(feat, d, n), atol=1e-3)
+    # Gradients reach the normals through the mirrored direction (what straightens glossy surfaces).
+    n.requires_grad_(True)
+    refl.color(feat, d, n).sum().backward()
+    assert n.grad.abs().sum() > 0
+    cfg = build_config("demo", None, "tiny", ["model.sdf_color_dirs=mirror"])
+    with pytest.raises(NFieldsError, match="model.sdf_color_dirs 'mirror'.*valid: view, reflected"):
+        build_field(cfg, torch.tensor(aabb))
+
+
 def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
     cfg = build_config("demo", "hashgrid", "tiny", ["train.coarse_to_fine_steps=100", "train.coarse_to_fine_start=2"])
     trainer = Trainer(cfg, tmp_path, progress=False)
