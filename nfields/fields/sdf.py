@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from nfields.encodings.sh import SphericalHarmonics
 from nfields.fields.base import Field
 from nfields.registry import build_network
+from nfields.render.shading import reflect
 
 COLOR_DIRS = ("view", "reflected")
 
@@ -110,7 +111,7 @@ class SDFField(Field):
         if normals is None:
             normals = torch.zeros_like(dirs)
         elif self.color_dirs == "reflected":
-            dirs = dirs - 2 * (dirs * normals).sum(-1, keepdim=True) * normals
+            dirs = reflect(-dirs, normals)  # the mirrored ray, pointing away from the surface
         h = torch.cat([normals, self.dir_enc(dirs), features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 

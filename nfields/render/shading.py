@@ -442,7 +442,7 @@ def shade_pbr_mc(
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     shift = torch.rand((n_pts, 1), generator=generator, device=gen_dev).to(dev)
     # Quasi-random sample directions: Halton points per point, randomly rotated (see _shifted_halton).
-    qmc_shift = torch.rand((len(_HALTON_BASES), n_pts, 1), generator=generator, device=gen_dev).to(dev)
+    qmc_shift = torch.rand((len(_HALTON_BASES), n_pts, 1), generator=generator, device=gen_dev).to(dev, torch.float64)
     light = _EnvSampler(env) if env_sampling > 0 and callable(getattr(env, "texels", None)) else None
     # Light sampling pays off with a concentrated light; under a near-uniform sky it would only waste samples.
     p_env = float(env_sampling) * (1.0 - 1.0 / max(light.concentration, 1.0)) if light is not None else 0.0
@@ -451,7 +451,7 @@ def shade_pbr_mc(
     for s0 in range(0, n_samples, chunk):
         k = min(chunk, n_samples - s0)
         index = torch.arange(s0, s0 + k, device=dev)
-        u = _shifted_halton(index, qmc_shift.to(torch.float64)).to(normals.dtype)  # (3, N, k)
+        u = _shifted_halton(index, qmc_shift).to(normals.dtype)  # (3, N, k)
         # GGX branch: reflect v about a visible normal; cosine branch: Malley's method.
         h = sample_ggx_vndf(v_local[:, None], alpha, u[0], u[1])
         l_spec = 2 * (v_local[:, None] * h).sum(-1, keepdim=True) * h - v_local[:, None]
