@@ -10,7 +10,8 @@ Sections:
 - cam_protocol: CAM vs the same MLP without modulation (Fourier features), trained on even pixels only, tested on
   all, for the same number of steps (the CAM paper's protocol).
 - cam_speed: seconds per training step of CAM's fused forward vs :meth:`CAMNetwork.forward_plain`.
-- fresh: FreSh's sigma for a Fourier MLP vs a sweep of >= 8 sigmas each trained for --fresh-budget seconds.
+- fresh: FreSh's pick for a model family (--fresh-family: Fourier sigma, SIREN omega_0, positional n_freqs) vs a
+  sweep of >= 8 values, each trained for --fresh-budget seconds.
 - sdf: IoU / Chamfer-L1 on armadillo and bunny for each SDF backend within --sdf-budget seconds.
 
 Prints markdown tables, the exact command and the machine; writes JSON to --out.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nfields.encodings.fresh import FAMILIES
 from nfields.fields.base import count_parameters
 from nfields.registry import build_network
 from nfields.tasks.image import fit_image
@@ -120,7 +122,9 @@ def table(rows: list[dict], cols: list[str]) -> str:
     """Markdown table of ``rows`` restricted to ``cols``."""
 
     def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.5f}" if 0 < abs(v) < 0.01 else f"{v:.3f}"
+        return str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
@@ -200,34 +204,47 @@ def bench_cam_speed(args) -> list[dict]:
     return rows
 
 
+# FreSh sweeps: per model family, the network, its fixed options, its learning rate and the hyperparameter FreSh sets.
+FRESH_FAMILIES: dict[str, tuple[str, dict, float, str]] = {
+    "fourier": ("mlp", {"hidden": 128, "layers": 3, "encoding": "fourier", "n_fourier": 128}, 1e-3, "sigma"),
+    "siren": ("siren", {"hidden": 128, "layers": 3}, 1e-4, "omega_0"),
+    "positional": ("mlp", {"hidden": 128, "layers": 3, "encoding": "positional"}, 1e-3, "n_freqs"),
+}
+
+
 def bench_fresh(args, images) -> list[dict]:
     rows = []
-    base = {"hidden": 128, "layers": 3, "encoding": "fourier", "n_fourier": 128}
+    name, base, lr, option = FRESH_FAMILIES[args.fresh_family]
+    values = args.fresh_values or FAMILIES[args.fresh_family]["candidates"]
+    if option == "n_freqs":
+        values = [int(v) for v in values]
     for img_name, img in images:
         t0 = time.perf_counter()
-        pick = fit_image(img, "mlp", base, steps=1, fresh=True, fresh_candidates=args.sigmas).fresh
+        pick = fit_image(img, name, base, steps=1, fresh=True, fresh_candidates=values).fresh
         pick_s = time.perf_counter() - t0  # the whole selection (spectra of every untrained candidate) + one step
         dist = dict(zip(pick.values, pick.distances))
         res = []
-        for s in args.sigmas:
+        for v in values:
             r = fit_image(
-                img, "mlp", {**base, "sigma": s}, steps=10**9, batch=args.batch, time_budget_s=args.fresh_budget
+                img, name, {**base, option: v}, steps=10**9, lr=lr, batch=args.batch, time_budget_s=args.fresh_budget
             )
             res.append(
                 {
                     "image": img_name,
-                    "sigma": s,
-                    "w1": dist[s],
+                    "family": args.fresh_family,
+                    option: v,
+                    "value": v,
+                    "w1": dist[v],
                     "psnr": r.psnr,
-                    "fresh_pick": s == pick.best,
+                    "fresh_pick": v == pick.best,
                     "pick_seconds": pick_s,
                     "pick_cost": pick_s / args.fresh_budget,
                 }
             )
-            mark = " <- FreSh" if s == pick.best else ""
-            print(f"  fresh {img_name} sigma {s:g}: W1 {dist[s]:.2f}, psnr {r.psnr:.2f}{mark}")
+            mark = " <- FreSh" if v == pick.best else ""
+            print(f"  fresh {img_name} {option} {v:g}: W1 {dist[v]:.2f}, psnr {r.psnr:.2f}{mark}")
         order = sorted(res, key=lambda r: -r["psnr"])
-        rank = 1 + [r["sigma"] for r in order].index(pick.best)
+        rank = 1 + [r["value"] for r in order].index(pick.best)
         for r in res:
             r["pick_rank"] = rank
         rows += res
@@ -246,7 +263,16 @@ def bench_sdf(args) -> list[dict]:
         path = DATA / "meshes" / f"{mesh}.obj"
         for backend in args.sdf_backends:
             name, opts, lr = configs[backend]
-            r = fit_sdf(path, name, opts, steps=10**9, time_budget_s=args.sdf_budget, lr=lr, eval_res=args.sdf_res)
+            r = fit_sdf(
+                path,
+                name,
+                opts,
+                steps=10**9,
+                time_budget_s=args.sdf_budget,
+                lr=lr,
+                lr_final=args.sdf_lr_final,
+                eval_res=args.sdf_res,
+            )
             rows.append(
                 {
                     "mesh": mesh,
@@ -281,12 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
         "(the CAM paper: 2000 full-batch steps, --lr-milestones 0.5 0.75)",
     )  # fmt: skip
     p.add_argument("--speed-steps", type=int, default=5)
-    p.add_argument("--sigmas", type=float, nargs="+", default=[1, 2, 4, 6, 8, 10, 15, 20, 30, 50])
+    p.add_argument("--fresh-family", choices=list(FRESH_FAMILIES), default="fourier", help="fresh: the model family")
+    p.add_argument("--fresh-values", type=float, nargs="+", default=None, help="fresh: the sweep (default: FAMILIES)")
     p.add_argument("--fresh-budget", type=float, default=30.0)
     p.add_argument("--meshes", nargs="+", default=["armadillo", "bunny"])
     p.add_argument("--sdf-backends", nargs="+", default=["mlp", "cam-triplane", "hashgrid", "rbf"])
     p.add_argument("--sdf-budget", type=float, default=60.0)
     p.add_argument("--sdf-res", type=int, default=256)
+    p.add_argument("--sdf-lr-final", type=float, default=0.1, help="lr decays exponentially to lr * this by the end")
     p.add_argument("--out", type=Path, default=Path("bench_out/backends.json"))
     args = p.parse_args(argv)
     args.lr = {"hashgrid": 1e-2, "densegrid": 1e-2, "rbf": 1e-2, "siren": 1e-4}
@@ -312,8 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "fresh" in args.sections:
         rows = results["fresh"] = bench_fresh(args, images)
         report.append(
-            f"### FreSh vs a sigma sweep ({args.fresh_budget:g} s each)\n\n"
-            + table(rows, ["image", "sigma", "w1", "psnr", "fresh_pick", "pick_rank", "pick_seconds", "pick_cost"])
+            f"### FreSh vs a {args.fresh_family} sweep ({args.fresh_budget:g} s each)\n\n"
+            + table(rows, ["image", "value", "w1", "psnr", "fresh_pick", "pick_rank", "pick_seconds", "pick_cost"])
         )
     if "sdf" in args.sections:
         rows = results["sdf"] = bench_sdf(args)

@@ -228,6 +228,7 @@ def fit_sdf(
     time_budget_s: float | None = None,
     out_mesh: str | Path | None = None,
     lr: float = 1e-3,
+    lr_final: float = 1.0,
     batch: int = 1 << 14,
     n_train: int = 500_000,
     noise: tuple[float, ...] = (0.01, 0.001),
@@ -243,13 +244,17 @@ def fit_sdf(
     """Fit ``network`` (registered backend, ``options``) to the SDF of a watertight mesh; see the module docstring.
 
     steps: maximum optimizer steps; time_budget_s: stop after this much training time; out_mesh: write the
-    marching-cubes mesh here (.ply / .obj / any trimesh format); batch: points per step; n_train: size of the
+    marching-cubes mesh here (.ply / .obj / any trimesh format); lr_final: the learning rate decays exponentially to
+    ``lr * lr_final`` over the run (progress = the larger of the step and the time-budget fractions; 1 = constant);
+    batch: points per step; n_train: size of the
     labelled training pool; n_surface: surface samples behind |d|; noise: std-devs of the near-surface jitter;
     uniform_frac: share of uniform points; clamp: SDF clamp of the L1 loss; eval_points: uniform points for IoU;
     eval_res: marching-cubes grid; chamfer_points: samples per surface.
     """
     if steps < 1 and time_budget_s is None:
         raise NFieldsError(f"--steps {steps}: must be >= 1")
+    if not 0.0 < lr_final <= 1.0:
+        raise NFieldsError(f"--lr-final {lr_final}: must be in (0, 1] (a fraction of --lr)")
     dev = pick_device(device)
     options = dict(options or {})
     cfg_fields = {f.name for f in dataclasses.fields(type(network_config(network)))}
@@ -270,6 +275,7 @@ def fit_sdf(
     torch.manual_seed(seed)
     net = build_network(network, 3, 1, **options).to(dev)
     opt = torch.optim.Adam(param_groups(net, lr), lr=lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     x_all = torch.from_numpy(pts.astype(np.float32)).to(dev)
     y_all = torch.from_numpy(sdf.astype(np.float32)).to(dev).clamp(-clamp, clamp)  # exactly +-clamp beyond it
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -281,6 +287,12 @@ def fit_sdf(
         if time_budget_s is not None and clock.elapsed() >= time_budget_s:
             break
         clock.start()
+        if lr_final < 1.0:
+            progress = step / steps if steps >= 1 else 0.0
+            if time_budget_s is not None:
+                progress = max(progress, clock.elapsed() / time_budget_s)
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * lr_final ** min(progress, 1.0)
         idx = torch.randint(0, len(x_all), (batch,), device=dev, generator=gen)
         pred, y = net(x_all[idx]).reshape(-1), y_all[idx]
         # L1 to the clamped SDF; a prediction already past the clamp on the target's side costs nothing (DeepSDF),
@@ -339,6 +351,8 @@ class FitSdf:
     """Stop after this many seconds of training."""
     lr: float = 1e-3
     """Base learning rate."""
+    lr_final: float = 1.0
+    """Decay the learning rate exponentially to lr * lr_final by the end of the run (1 = constant)."""
     batch: int = 16384
     """Points per step."""
     eval_res: int = 128
@@ -363,6 +377,7 @@ def main(opts: FitSdf) -> SdfResult:
         time_budget_s=opts.time_budget,
         out_mesh=opts.out_mesh,
         lr=opts.lr,
+        lr_final=opts.lr_final,
         batch=opts.batch,
         eval_res=opts.eval_res,
         seed=opts.seed,

@@ -110,7 +110,8 @@ def test_fit_sdf_sphere(tmp_path):
     assert r.params > 0 and r.peak_mem_mb > 0 and r.steps == 200
     recon = trimesh.load(out)
     assert len(recon.faces) > 100 and np.abs(np.linalg.norm(recon.vertices, axis=1) - 0.9).mean() < 0.03
-    rbf = fit_sdf(sphere, "rbf", {"n_rbf": 64, "grid_levels": (4, 8, 16)}, steps=200, lr=1e-2, **SDF_FAST)
+    rbf_opts = {"n_rbf": 64, "grid_levels": (4, 8, 16)}
+    rbf = fit_sdf(sphere, "rbf", rbf_opts, steps=200, lr=1e-2, lr_final=0.1, **SDF_FAST)  # with lr decay
     assert rbf.iou > 0.9, rbf.summary()
 
 
@@ -140,6 +141,8 @@ def test_point_mesh_distance_torch_twin_matches_exact():
 def test_fit_sdf_bad_meshes(tmp_path):
     with pytest.raises(NFieldsError, match="not found"):
         fit_sdf(tmp_path / "nope.obj", "mlp", MLP, steps=1)
+    with pytest.raises(NFieldsError, match="lr-final"):
+        fit_sdf(tmp_path / "nope.obj", "mlp", MLP, steps=1, lr_final=0.0)
     empty = tmp_path / "empty.obj"
     empty.write_text("# nothing\n")
     with pytest.raises(NFieldsError, match="(no triangles|cannot read)"):
