@@ -61,6 +61,9 @@ class ModelConfig:
     """How SDF fields take their gradient: analytic (autograd, double backward in training; ~3x faster than finite
     differences with the torch backends on a CPU) or finite_difference (6 extra evaluations; for backends without a
     double backward, e.g. tiny-cuda-nn)."""
+    sdf_fd_eps: float = 0.0
+    """finite_difference normals: the step in world units; 0 = one cell of the finest active hash-grid level
+    (Neuralangelo's numerical gradients, shrinking as coarse-to-fine training activates levels)."""
     sdf_color_dirs: str = "view"
     """SDF fields' neural colour head sees the view direction (view, NeuS) or the view direction mirrored about the
     normal (reflected, Ref-NeRF / Ref-NeuS: glossy and metallic surfaces without bumps faked into the geometry)."""

@@ -75,7 +75,7 @@ class RBFNetwork(nn.Module):
         n = x.shape[0]
         g = x.clamp(-1.0, 1.0).reshape(1, n, *([1] * (self.in_dim - 1)), self.in_dim)
         outs = [
-            F.grid_sample(grid, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1, n)
+            F.grid_sample(grid, g, mode="bilinear", padding_mode="border", align_corners=True).reshape(grid.shape[1], n)
             for grid in self.grids
         ]
         return torch.cat(outs, 0).T

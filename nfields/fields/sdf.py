@@ -50,7 +50,7 @@ class SDFField(Field):
         color_hidden: int = 64,
         color_layers: int = 2,
         normals: str = "finite_difference",
-        fd_eps: float = 1e-3,
+        fd_eps: float = 1e-3,  # <= 0: tied to the active hash level (see finite_difference_eps)
         color_dirs: str = "view",
     ):
         super().__init__(aabb)
@@ -93,12 +93,26 @@ class SDFField(Field):
                 sdf, feat = sdf.detach(), feat.detach()
             return sdf, feat, grad
         sdf, feat = self.geometry(x)
-        e = self.fd_eps
+        e = self.finite_difference_eps()
         offsets = torch.eye(3, device=x.device, dtype=x.dtype) * e
         pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0).reshape(-1, 3)
         s = self.sdf(pts).reshape(2, 3, -1)
         grad = ((s[0] - s[1]) / (2 * e)).T
         return sdf, feat, grad
+
+    def finite_difference_eps(self) -> float:
+        """Step of the finite-difference normals (world units): ``fd_eps`` when > 0, else one cell of the finest
+        active hash-grid level (Neuralangelo's numerical gradients: the step shrinks as coarse-to-fine training
+        activates finer levels, and each difference spans the grid's cells, so its gradient reaches their neighbours
+        instead of fitting within-cell wiggles)."""
+        if self.fd_eps > 0:
+            return self.fd_eps
+        extent = float((self.aabb[3:] - self.aabb[:3]).max())
+        for m in self.net.modules():
+            if hasattr(m, "active_levels") and hasattr(m, "resolutions"):
+                active = min(max(int(m.active_levels), 1), len(m.resolutions))
+                return extent / m.resolutions[active - 1]
+        return 1e-3 * extent  # no hash grid: a fixed small step
 
     def inv_s(self) -> Tensor:
         """NeuS sharpness s = exp(10 * variance), clamped."""

@@ -516,6 +516,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         return RadianceField(aabb, **common)
     if m.sdf_normals not in ("finite_difference", "analytic"):
         raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    if m.sdf_fd_eps < 0:
+        raise NFieldsError(f"model.sdf_fd_eps {m.sdf_fd_eps}: must be >= 0 (0 = tied to the active hash level)")
     if m.sdf_color_dirs not in COLOR_DIRS:
         raise NFieldsError(f"model.sdf_color_dirs {m.sdf_color_dirs!r}: valid: {', '.join(COLOR_DIRS)}")
     if m.shading not in SHADINGS:
@@ -525,7 +527,10 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
 
         return PBRField(
             aabb, env_height=m.env_height, up_axis=m.env_up_axis, init_radius=m.sdf_init_radius,
-            normals=m.sdf_normals, color_dirs=m.sdf_color_dirs, shadow_lights=m.shadow_lights,
+            normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs, shadow_lights=m.shadow_lights,
             shadow_resolution=m.shadow_resolution, **common,
         )  # fmt: skip
-    return SDFField(aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, color_dirs=m.sdf_color_dirs, **common)
+    return SDFField(
+        aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
+        **common,
+    )  # fmt: skip

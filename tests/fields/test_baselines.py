@@ -55,6 +55,7 @@ def test_network_protocol(name, in_dim):
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
     groups = param_groups(net, 1e-3)
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    assert net(x[:0]).shape == (0, 5)  # an empty batch (a chunk where every ray missed the occupancy grid)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -117,6 +117,7 @@ def test_protocol(name, in_dim):
     assert not names, f"no gradient reached {names}"
     # Equal configs build equal networks.
     torch.testing.assert_close(build_network(name, in_dim, 4, **SMALL[name])(x), y.detach())
+    assert net(x[:0]).shape == (0, 4)  # an empty batch (a chunk where every ray missed the occupancy grid)
 
 
 @pytest.mark.parametrize("name,opts,lr,bar", [("cam", SMALL["cam"], 3e-3, 33.0), ("rbf", SMALL["rbf"], 1e-2, 30.0)])

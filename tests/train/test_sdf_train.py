@@ -160,3 +160,22 @@ def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
     p = torch.nn.functional.normalize(torch.randn(256, 3), dim=-1) * 0.5
     trainer.normal_smoothness_term(p).backward()
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in trainer.field.net.parameters())
+
+
+def test_finite_difference_step_follows_the_active_hash_level():
+    aabb = [-1.0, -1, -1, 1, 1, 1]
+    opts = dict(levels=4, log2_table=12, base_res=4, finest_res=32, hidden=16, layers=1)
+    field = SDFField(aabb, network="hashgrid", network_options=opts, normals="finite_difference", fd_eps=0.0)
+    enc = next(m for m in field.net.modules() if hasattr(m, "active_levels"))
+    assert field.finite_difference_eps() == pytest.approx(2.0 / 32)  # one finest cell of the 2-wide box
+    enc.active_levels = 2
+    assert field.finite_difference_eps() == pytest.approx(2.0 / enc.resolutions[1])
+    x = torch.rand(32, 3) - 0.5
+    sdf, _, grad = field.geometry_and_gradient(x)
+    e = 2.0 / enc.resolutions[1]
+    fd_x = (field.sdf(x + torch.tensor([e, 0, 0])) - field.sdf(x - torch.tensor([e, 0, 0]))) / (2 * e)
+    assert torch.allclose(grad[:, 0], fd_x, atol=1e-5)
+    assert SDFField(aabb, network="mlp", fd_eps=0.01).finite_difference_eps() == 0.01
+    cfg = build_config("demo", None, "tiny", ["model.sdf_fd_eps=-1"])
+    with pytest.raises(NFieldsError, match="model.sdf_fd_eps -1"):
+        build_field(cfg, torch.tensor(aabb))
