@@ -102,10 +102,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, {dev}"
 
 
-def kodak_images(n: int, downscale: int) -> list[tuple[str, torch.Tensor]]:
-    """The first ``n`` Kodak images as (name, (H, W, 3) float tensor), box-downscaled by ``downscale``."""
+def kodak_images(n: int, downscale: int, first: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """``n`` Kodak images from the ``first``-th (1-based) as (name, (H, W, 3) float tensor), box-downscaled."""
     folder = DATA / "kodak"
-    files = sorted(folder.glob("kodim*.png"))[:n]
+    files = sorted(folder.glob("kodim*.png"))[first - 1 : first - 1 + n]
     if not files:
         sys.exit(f"bench_backends: no Kodak images under {folder}")
     out = []
@@ -294,7 +294,8 @@ def bench_sdf(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", nargs="+", default=["kodak", "cam_protocol", "cam_speed", "fresh", "sdf"])
-    p.add_argument("--images", type=int, default=2, help="first N Kodak images")
+    p.add_argument("--images", type=int, default=2, help="N Kodak images (from --first)")
+    p.add_argument("--first", type=int, default=1, help="1-based index of the first Kodak image (3 = kodim03)")
     p.add_argument("--downscale", type=int, default=1, help="box-downscale the images (quick runs)")
     p.add_argument("--budgets", type=float, nargs="+", default=[30.0, 120.0], help="kodak: seconds of training")
     p.add_argument("--params", type=int, default=200_000, help="kodak: target parameter count (+-10%%)")
@@ -320,9 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.lr = {"hashgrid": 1e-2, "densegrid": 1e-2, "rbf": 1e-2, "siren": 1e-4}
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     results: dict = {"command": command, "machine": machine()}
-    images = (
-        kodak_images(args.images, args.downscale) if {"kodak", "cam_protocol", "fresh"} & set(args.sections) else []
-    )
+    needs_images = {"kodak", "cam_protocol", "fresh"} & set(args.sections)
+    images = kodak_images(args.images, args.downscale, args.first) if needs_images else []
     report = []
     if "kodak" in args.sections:
         rows = results["kodak"] = bench_kodak(args, images)
