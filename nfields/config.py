@@ -266,7 +266,11 @@ def build_config(scene: str, field: str | None, preset: str, overrides: list[str
     apply_dict(cfg, pdata, str(preset_file))
     key = scene_key(scene, per_scene)
     if key is not None:
-        apply_dict(cfg, per_scene[key], f"{preset_file}[scenes.{key}]")
+        section = dict(per_scene[key])
+        # A scene section may resize backends too (``backends: {hashgrid: {finest_res: 256}}``), over the preset's.
+        for name, opts in (section.pop("backends", {}) or {}).items():
+            backends[name] = {**backends.get(name, {}), **opts}
+        apply_dict(cfg, section, f"{preset_file}[scenes.{key}]")
     if field is not None:
         cfg.model.network = field
     # Each preset sizes every backend for its budget (``backends: {name: options}``).

@@ -12,6 +12,15 @@ def test_presets_merge_scene_and_backend_sections():
     cfg = build_config("../somewhere/dtu_scan65", "mlp", "cpu")
     assert cfg.data.downscale == 4  # any DTU scan uses the preset's dtu section
     assert cfg.model.network_options["hidden"] == 128
+    # A scene section can resize a backend over the preset's sizing; other backends and scenes keep theirs.
+    demo, lego = build_config("demo", None, "cpu"), build_config("lego", "hashgrid", "cpu")
+    assert demo.model.network_options["finest_res"] == 256 and lego.model.network_options["finest_res"] == 512
+    assert demo.model.network_options["levels"] == lego.model.network_options["levels"]
+    assert "finest_res" not in build_config("demo", "mlp", "cpu").model.network_options
+    assert (
+        build_config("demo", None, "cpu", ["model.network_options.finest_res=128"]).model.network_options["finest_res"]
+        == 128
+    )
 
 
 def test_overrides_and_roundtrip(tmp_path):
