@@ -246,10 +246,9 @@ def fit_sdf(
     steps: maximum optimizer steps; time_budget_s: stop after this much training time; out_mesh: write the
     marching-cubes mesh here (.ply / .obj / any trimesh format); lr_final: the learning rate decays exponentially to
     ``lr * lr_final`` over the run (progress = the larger of the step and the time-budget fractions; 1 = constant);
-    batch: points per step; n_train: size of the
-    labelled training pool; n_surface: surface samples behind |d|; noise: std-devs of the near-surface jitter;
-    uniform_frac: share of uniform points; clamp: SDF clamp of the L1 loss; eval_points: uniform points for IoU;
-    eval_res: marching-cubes grid; chamfer_points: samples per surface.
+    batch: points per step; n_train: size of the labelled training pool; n_surface: surface samples behind |d|;
+    noise: std-devs of the near-surface jitter; uniform_frac: share of uniform points; clamp: SDF clamp of the L1
+    loss; eval_points: uniform points for IoU; eval_res: marching-cubes grid; chamfer_points: samples per surface.
     """
     if steps < 1 and time_budget_s is None:
         raise NFieldsError(f"--steps {steps}: must be >= 1")
