@@ -232,7 +232,7 @@ def bench_fresh(args, images) -> list[dict]:
                 {
                     "image": img_name,
                     "family": args.fresh_family,
-                    option: v,
+                    "option": option,
                     "value": v,
                     "w1": dist[v],
                     "psnr": r.psnr,

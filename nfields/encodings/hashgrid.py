@@ -139,6 +139,10 @@ class HashGridEncoding(nn.Module):
             f"dense_levels={sum(self.dense)}"
         )
 
+    def n_active(self) -> int:
+        """Levels in use: ``active_levels`` clamped to 1..levels (coarse-to-fine training lowers it)."""
+        return min(max(int(self.active_levels), 1), self.levels)
+
     def param_groups(self, lr: float) -> list[dict]:
         """The table in its own group without weight decay (Instant-NGP regularises only the MLP)."""
         return [{"params": [self.table], "lr": lr, "weight_decay": 0.0}]
@@ -185,7 +189,7 @@ class HashGridEncoding(nn.Module):
         """(N, in_dim) in [0, 1] -> (N, levels * features_per_level)."""
         n, f = x.shape[0], self.features_per_level
         xt = x.clamp(0.0, 1.0).T
-        active = min(max(int(self.active_levels), 1), self.levels)
+        active = self.n_active()
         groups = [g for g, start in zip(self._groups, self._group_starts) if start < active]
         parts = [self._group_corners(xt, name, hashed) for name, hashed in groups]
         if x.requires_grad:

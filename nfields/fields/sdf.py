@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from nfields.encodings.hashgrid import HashGridEncoding
 from nfields.encodings.sh import SphericalHarmonics
 from nfields.fields.base import Field
 from nfields.registry import build_network
@@ -63,6 +64,9 @@ class SDFField(Field):
             raise ValueError(f"normals must be finite_difference or analytic, got {normals!r}")
         self.normal_mode = normals
         self.fd_eps = fd_eps
+        # For the level-tied finite-difference step: the geometry's hash grid (if any) and the box's longest side.
+        self._fd_grid = next((m for m in self.net.modules() if isinstance(m, HashGridEncoding)), None)
+        self._extent = float((self.aabb[3:] - self.aabb[:3]).max())
         if color_dirs not in COLOR_DIRS:
             raise ValueError(f"color_dirs must be one of {', '.join(COLOR_DIRS)}, got {color_dirs!r}")
         self.color_dirs = color_dirs
@@ -107,12 +111,9 @@ class SDFField(Field):
         instead of fitting within-cell wiggles)."""
         if self.fd_eps > 0:
             return self.fd_eps
-        extent = float((self.aabb[3:] - self.aabb[:3]).max())
-        for m in self.net.modules():
-            if hasattr(m, "active_levels") and hasattr(m, "resolutions"):
-                active = min(max(int(m.active_levels), 1), len(m.resolutions))
-                return extent / m.resolutions[active - 1]
-        return 1e-3 * extent  # no hash grid: a fixed small step
+        if self._fd_grid is None:
+            return 1e-3  # no hash grid (e.g. an MLP or tiny-cuda-nn): the fixed default step
+        return self._extent / self._fd_grid.resolutions[self._fd_grid.n_active() - 1]
 
     def inv_s(self) -> Tensor:
         """NeuS sharpness s = exp(10 * variance), clamped."""
