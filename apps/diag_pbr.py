@@ -2,6 +2,7 @@
 
     python apps/diag_pbr.py maps RUN OUT.png        # per held-out view: image, normals, albedo, roughness, metallic
     python apps/diag_pbr.py noise --spp 128         # how noisy the demo's ground truth is at a sample count
+    python apps/diag_pbr.py light RUN OUT.png       # learned light next to the scene's light, and their chroma
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -10,6 +11,12 @@ metallic. Prints the normal-angle statistics per view.
 
 ``noise``: renders demo view 8 twice with different seeds at ``--spp`` and prints the masked PSNR between the two
 (the ground truth's own noise: a perfect reconstruction scores ~3 dB above it) and the seconds per view.
+
+``light``: the scene's light (area-averaged to the learned map's size, times the scene's exposure) above the run's
+learned light divided by the albedo alignment scale of ``nfields eval`` (so both are in the same units: a perfect
+decomposition makes the two rows equal), each tone-mapped, then each one's chromaticity (radiance / its channel
+mean; where the light's colour varies). Prints the per-channel ratio of the two lights' mean radiance and the
+chromaticity error of the upper and lower hemispheres.
 """
 
 from __future__ import annotations
@@ -73,6 +80,45 @@ def maps(run: Path, out: Path) -> None:
 
 
 @torch.no_grad()
+def light(run: Path, out: Path) -> None:
+    """Write the learned-vs-true light montage of ``run`` to ``out`` (see the module docstring)."""
+    from nfields.data.hdr import read_envmap
+    from nfields.render.envmap import downsample_equirect
+    from nfields.render.shading import linear_to_srgb
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    root = Path(tr.scene.root)
+    meta = json.loads((root / "gt" / "scene.json").read_text())
+    learned = tr.field.env.texels().float()
+    h, w, _ = learned.shape
+    true = downsample_equirect(torch.as_tensor(read_envmap(root / meta["envmap"]), dtype=torch.float32), h, w)
+    true = true * float(meta.get("exposure", 1.0))
+    eval_file = run / "eval.json"
+    k = torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+    learned = learned / k  # albedo * k matches the truth, so light / k does
+    ratio = learned.mean((0, 1)) / true.mean((0, 1))
+    print(f"learned / true mean radiance per channel: {', '.join(f'{v:.3f}' for v in ratio)}")
+
+    def chroma(x):
+        return x / x.mean(-1, keepdim=True).clamp_min(1e-6)
+
+    for name, rows in (("upper", slice(0, h // 2)), ("lower", slice(h // 2, h))):
+        err = (chroma(learned[rows]) - chroma(true[rows])).abs().mean((0, 1))
+        print(f"{name} hemisphere: chromaticity |learned - true| per channel {', '.join(f'{v:.3f}' for v in err)}")
+    scale = true.mean() * 2
+
+    def tone(x):
+        return linear_to_srgb((x / scale).clamp(0, 1))
+
+    rows = [torch.cat([tone(true), (chroma(true) / 2).clamp(0, 1)], 1),
+            torch.cat([tone(learned), (chroma(learned) / 2).clamp(0, 1)], 1)]  # fmt: skip
+    img = torch.cat(rows, 0).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    Image.fromarray((img.numpy() * 255).astype(np.uint8)).save(out)
+    print(f"wrote {out} (rows: true, learned / alignment; columns: radiance, chromaticity / 2)")
+
+
+@torch.no_grad()
 def noise(spp: int) -> None:
     """Print the agreement of two independent renders of demo view 8 (see the module docstring)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, demo_cameras, procedural_sky, render_pbr_view
@@ -95,13 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     pm = sub.add_parser("maps")
     pm.add_argument("run", type=Path)
     pm.add_argument("out", type=Path)
+    pl = sub.add_parser("light")
+    pl.add_argument("run", type=Path)
+    pl.add_argument("out", type=Path)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
     from nfields.errors import NFieldsError
 
     try:
-        maps(args.run, args.out) if args.cmd == "maps" else noise(args.spp)
+        if args.cmd == "noise":
+            noise(args.spp)
+        else:
+            (maps if args.cmd == "maps" else light)(args.run, args.out)
     except NFieldsError as e:
         sys.exit(f"error: {e}")
 

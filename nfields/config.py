@@ -72,6 +72,9 @@ class ModelConfig:
     metallic -- shaded with GGX + Lambert under a learned HDR environment; relightable; see fields/pbr.py)."""
     env_height: int = 16
     """pbr: the learned environment map is env_height x 2 env_height texels (log radiance)."""
+    env_lr_mult: float = 1.0
+    """pbr: the learned light's learning rate is train.lr times this (its log-radiance texels must move by several
+    units -- a sun is ~100x the sky -- in the few hundred steps of a short PBR stage)."""
     env_up_axis: str = "z"
     """pbr: the scene's up axis for the environment map (z: generated scenes; -y: normalised DTU)."""
     shadow_lights: int = 0
@@ -121,6 +124,11 @@ class TrainConfig:
     geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
     material_smoothness: float = 0.01
     """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
+    light_chroma_smoothness: float = 0.0
+    """pbr shading: weight of a smoothness prior on the learned light's *colour*: the mean |difference| of
+    neighbouring texels' log-chromaticity (log radiance minus its channel mean). Intensity stays free (a sun is one
+    bright texel) but colour must vary slowly, so the light cannot take over the albedo's colour variation (the
+    diffuse albedo x light ambiguity); a milder cousin of nvdiffrec's white-balance prior (0 = off)."""
     normal_smoothness: float = 0.0
     """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
     points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""

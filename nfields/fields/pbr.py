@@ -43,8 +43,9 @@ class PBRField(SDFField):
 
     Extra arguments over :class:`SDFField`: ``material_hidden``/``material_layers`` (the material MLP on geometry
     features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
-    ``up_axis`` of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes),
-    ``shadow_lights`` (shadow-casting texels, 0 = none) and ``shadow_resolution`` (cached SDF lattice).
+    ``env_lr_mult`` (the light's learning rate relative to the rest), ``up_axis`` of the environment (``"-y"`` for
+    DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
+    ``shadow_resolution`` (cached SDF lattice).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PBRField(SDFField):
         material_layers: int = 2,
         env_height: int = 16,
         env_init: float = 1.0,
+        env_lr_mult: float = 1.0,
         up_axis: str = "z",
         shadow_lights: int = 0,
         shadow_resolution: int = 64,
@@ -62,7 +64,7 @@ class PBRField(SDFField):
         super().__init__(aabb, **sdf_kwargs)
         geo_feat_dim = self.color_net[0].in_features - 3 - self.dir_enc.out_dim
         self.material_net = mlp(geo_feat_dim, material_hidden, material_layers, 5)
-        self.env = LearnedEnvironment(env_height, 2 * env_height, init=env_init, up_axis=up_axis)
+        self.env = LearnedEnvironment(env_height, 2 * env_height, init=env_init, up_axis=up_axis, lr_mult=env_lr_mult)
         self.shading = "pbr"
         self.render_mode = "rgb"
         # Not a sub-module: a relight map is a rendering choice, never part of the checkpoint.

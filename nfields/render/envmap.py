@@ -406,6 +406,7 @@ class LearnedEnvironment(_EquirectLight):
         rotation_deg: float = 0.0,
         roughness_levels=DEFAULT_ROUGHNESS_LEVELS,
         n_samples: int = 32,
+        lr_mult: float = 1.0,
     ):
         super().__init__(up_axis, rotation_deg)
         if width != 2 * height or height < 2:
@@ -415,6 +416,11 @@ class LearnedEnvironment(_EquirectLight):
         self.log_radiance = nn.Parameter(torch.full((height, width, 3), math.log(init)))
         self.roughness_levels = _levels_arg(roughness_levels)
         self.n_samples = n_samples
+        self.lr_mult = float(lr_mult)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The texels' optimiser group: ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
+        return [{"params": [self.log_radiance], "lr": lr * self.lr_mult}]
 
     @classmethod
     def from_image(cls, image, height: int = 16, width: int = 32, **kwargs) -> LearnedEnvironment:
@@ -428,6 +434,15 @@ class LearnedEnvironment(_EquirectLight):
 
     def texels(self) -> Tensor:
         return self.log_radiance.exp()
+
+    def chroma_variation(self) -> Tensor:
+        """Mean absolute difference of log-chromaticity (log radiance minus its mean over the channels) between
+        neighbouring texels, along u (wrapping) and v: how much the light's *colour* changes from texel to texel,
+        whatever its brightness does (the prior of ``train.light_chroma_smoothness``)."""
+        c = self.log_radiance - self.log_radiance.mean(-1, keepdim=True)
+        du = (c - c.roll(1, dims=1)).abs().mean()
+        dv = (c[1:] - c[:-1]).abs().mean()
+        return du + dv
 
     def irradiance_table(self) -> Tensor:
         tex = self.texels()

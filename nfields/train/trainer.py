@@ -274,6 +274,10 @@ class Trainer:
                     curv = self.normal_smoothness_term(p[torch.randperm(len(p), device=p.device)[:1024]])
                     loss = loss + t.normal_smoothness * curv
                     extra["normal_smoothness"] = curv.item()
+        if getattr(self.field, "shading", "") == "pbr" and t.light_chroma_smoothness > 0:
+            chroma = self.field.env.chroma_variation()
+            loss = loss + t.light_chroma_smoothness * chroma
+            extra["light_chroma"] = chroma.item()
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
         stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
@@ -525,10 +529,12 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
     if m.shading == "pbr":
         from nfields.fields.pbr import PBRField
 
+        if not m.env_lr_mult > 0:
+            raise NFieldsError(f"model.env_lr_mult {m.env_lr_mult}: must be > 0")
         return PBRField(
-            aabb, env_height=m.env_height, up_axis=m.env_up_axis, init_radius=m.sdf_init_radius,
-            normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs, shadow_lights=m.shadow_lights,
-            shadow_resolution=m.shadow_resolution, **common,
+            aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, up_axis=m.env_up_axis,
+            init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
+            shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, **common,
         )  # fmt: skip
     return SDFField(
         aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,

@@ -206,3 +206,20 @@ def test_learned_environment_gradients_and_init():
         LearnedEnvironment(8, 8)
     init = LearnedEnvironment.from_image(torch.full((32, 64, 3), 2.0), 8, 16)
     assert torch.allclose(init.texels(), torch.full((8, 16, 3), 2.0), rtol=1e-5)
+
+
+def test_light_chroma_variation_ignores_brightness_and_sees_colour():
+    env = LearnedEnvironment(8, 16)
+    with torch.no_grad():
+        # A grey sky with a sun 100x brighter than the rest: brightness changes, colour does not.
+        env.log_radiance.copy_(torch.linspace(0.0, -2.0, 8)[:, None, None].expand(8, 16, 3))
+        env.log_radiance[2, 5] += math.log(100.0)
+    assert float(env.chroma_variation().detach()) < 1e-6
+    with torch.no_grad():
+        env.log_radiance[4, 9] += torch.tensor([1.0, -1.0, 0.0])  # one red texel
+    # 4 neighbour pairs see it; each differs by |(1, -1, 0)| / 3 channels on average.
+    pairs_u, pairs_v = 8 * 16, 7 * 16
+    want = 2 * (2 / 3) / pairs_u + 2 * (2 / 3) / pairs_v
+    assert float(env.chroma_variation().detach()) == pytest.approx(want, rel=1e-5)
+    env.chroma_variation().backward()
+    assert env.log_radiance.grad.abs().sum() > 0

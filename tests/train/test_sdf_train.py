@@ -13,6 +13,7 @@ from torch import nn
 from nfields.config import build_config
 from nfields.errors import NFieldsError
 from nfields.export.marching import extract_mesh
+from nfields.fields.base import param_groups
 from nfields.fields.sdf import SDFField
 from nfields.render.rays_box import ray_sphere_intersect
 from nfields.render.renderer import RenderConfig, Renderer
@@ -179,3 +180,16 @@ def test_finite_difference_step_follows_the_active_hash_level():
     cfg = build_config("demo", None, "tiny", ["model.sdf_fd_eps=-1"])
     with pytest.raises(NFieldsError, match="model.sdf_fd_eps -1"):
         build_field(cfg, torch.tensor(aabb))
+
+
+def test_light_has_its_own_learning_rate():
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+    cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_lr_mult=5"])
+    field = build_field(cfg, aabb)
+    groups = param_groups(field, 0.01)
+    light = [g for g in groups if any(p is field.env.log_radiance for p in g["params"])]
+    assert len(light) == 1 and light[0]["lr"] == pytest.approx(0.05) and len(light[0]["params"]) == 1
+    assert all(g["lr"] == pytest.approx(0.01) for g in groups if g is not light[0])
+    cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_lr_mult=0"])
+    with pytest.raises(NFieldsError, match="model.env_lr_mult 0"):
+        build_field(cfg, aabb)
