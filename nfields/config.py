@@ -124,6 +124,10 @@ class TrainConfig:
     geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
     material_smoothness: float = 0.01
     """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
+    light_warmup_steps: int = 0
+    """pbr shading: for this many steps from pbr_start only the light trains (geometry and materials held, the
+    albedo at its neutral start), so the light takes the shading -- the sun's direction and strength -- before a
+    flexible albedo can absorb it (0 = everything trains from pbr_start)."""
     light_chroma_smoothness: float = 0.0
     """pbr shading: weight of a smoothness prior on the learned light's *colour*: the mean |difference| of
     neighbouring texels' log-chromaticity (log radiance minus its channel mean). Intensity stays free (a sun is one

@@ -127,12 +127,14 @@ class Trainer:
         stage_params = {id(p) for p in getattr(self.field, "stage_parameters", lambda: [])()}
         if stage_params:
             # Material head and light: trained from the start of the PBR stage on their own schedule (below).
+            light = {id(p) for p in self.field.env.parameters()} if hasattr(self.field, "env") else set()
             split = []
             for g in groups:
                 own = [p for p in g["params"] if id(p) in stage_params]
                 rest = [p for p in g["params"] if id(p) not in stage_params]
                 split += [{**g, "params": rest}] if rest else []
-                split += [{**g, "params": own, "stage": "pbr"}] if own else []
+                if own:
+                    split += [{**g, "params": own, "stage": "pbr", "light": all(id(p) in light for p in own)}]
             groups = split
         self.optimizer = torch.optim.Adam(groups, lr=t.lr, eps=1e-15)
         self.elapsed = 0.0
@@ -151,7 +153,17 @@ class Trainer:
                 return 1.0
             return math.exp(log_final * min(max((self.schedule_progress(step) - p0) / max(1.0 - p0, 1e-6), 0.0), 1.0))
 
-        lambdas = [stage_schedule if g.get("stage") == "pbr" else schedule for g in self.optimizer.param_groups]
+        def held(step: int) -> bool:
+            # The light's warm-up: the first light_warmup_steps of the PBR stage train only the light.
+            return t.pbr_start <= step < t.pbr_start + t.light_warmup_steps
+
+        def group_schedule(g: dict):
+            base = stage_schedule if g.get("stage") == "pbr" else schedule
+            if g.get("light") or t.light_warmup_steps <= 0 or not stage_params:
+                return base
+            return lambda step: 0.0 if held(step) else base(step)
+
+        lambdas = [group_schedule(g) for g in self.optimizer.param_groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambdas)
         self.batcher = RayBatcher(self.scene, self.scene.train_ids, t.batch_rays, seed=t.seed)
         self.n_rays = t.batch_rays

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from nfields.config import build_config
@@ -108,8 +109,10 @@ def test_lr_schedule_follows_time_budget_and_restarts_for_the_pbr_stage(pbr_scen
     cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
     trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "sched"), progress=False)
     groups = trainer.optimizer.param_groups
-    stage = [g for g in groups if g.get("stage") == "pbr"]
-    assert len(stage) == 1 and {id(p) for p in stage[0]["params"]} == {id(p) for p in trainer.field.stage_parameters()}
+    stage = [g for g in groups if g.get("stage") == "pbr"]  # the material head, and the light in its own group
+    assert len(stage) == 2 and sorted(g["light"] for g in stage) == [False, True]
+    mat = next(g for g in stage if not g["light"])
+    assert {id(p) for g in stage for p in g["params"]} == {id(p) for p in trainer.field.stage_parameters()}
     main = [g for g in groups if g.get("stage") != "pbr"]
     # Steps alone: 100 of 1000 is 10 % of the run; with half the time budget spent, the run is half way.
     assert trainer.schedule_progress(100) == pytest.approx(0.1)
@@ -118,16 +121,44 @@ def test_lr_schedule_follows_time_budget_and_restarts_for_the_pbr_stage(pbr_scen
     trainer.scheduler.last_epoch = 99
     trainer.scheduler.step()
     assert main[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.5)
-    assert stage[0]["lr"] == pytest.approx(cfg.train.lr)  # not started: untouched (and untrained)
+    assert mat["lr"] == pytest.approx(cfg.train.lr)  # not started: untouched (and untrained)
     # The PBR stage begins at half of the run: materials and light start at the full rate, then decay to the final
     # ratio over the rest of the run, while the geometry keeps its own schedule.
     trainer.step = 500
     trainer.update_stage()
     assert trainer.field.shading == "pbr" and trainer.pbr_start_progress == pytest.approx(0.5)
     trainer.scheduler.step()
-    assert stage[0]["lr"] == pytest.approx(cfg.train.lr)
+    assert mat["lr"] == pytest.approx(cfg.train.lr)
     trainer.elapsed = 75.0
     trainer.scheduler.step()
-    assert stage[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.5)
+    assert mat["lr"] == pytest.approx(cfg.train.lr * 0.01**0.5)
     assert main[0]["lr"] == pytest.approx(cfg.train.lr * 0.01**0.75)
     assert trainer.state_dict()["pbr_start_progress"] == pytest.approx(0.5)
+
+
+def test_light_warmup_trains_only_the_light_first(pbr_scene, tmp_path):
+    overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=20", "train.pbr_start=4", "model.env_lr_mult=10",
+                 "train.light_warmup_steps=5", "train.light_chroma_smoothness=0.01"]  # fmt: skip
+    cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
+    trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "warm"), progress=False)
+    light = [g for g in trainer.optimizer.param_groups if g.get("light")]
+    assert len(light) == 1 and light[0]["lr"] == pytest.approx(10 * cfg.train.lr)
+
+    def snapshot():
+        return {n: p.detach().clone() for n, p in trainer.field.named_parameters()}
+
+    for _ in range(4):
+        trainer.train_step()
+        trainer.step += 1
+    before = snapshot()
+    for _ in range(5):  # steps 4..8: the light's warm-up
+        stats = trainer.train_step()
+        trainer.step += 1
+    assert "light_chroma" in stats and trainer.field.shading == "pbr"
+    after = snapshot()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"env.log_radiance"}
+    trainer.train_step()  # step 9: everything trains again
+    moved = {n for n, p in trainer.field.named_parameters() if not torch.equal(after[n], p.detach())}
+    assert "env.log_radiance" in moved and any(n.startswith("material_net") for n in moved)
+    assert any(not n.startswith(("env", "material_net")) for n in moved)
