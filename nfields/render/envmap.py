@@ -419,8 +419,9 @@ class LearnedEnvironment(_EquirectLight):
         self.lr_mult = float(lr_mult)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The texels' optimiser group: ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
-        return [{"params": [self.log_radiance], "lr": lr * self.lr_mult}]
+        """The texels' optimiser group: ``lr * lr_mult``, marked ``light`` (the trainer's light warm-up keys on it;
+        see :func:`nfields.fields.base.param_groups`)."""
+        return [{"params": [self.log_radiance], "lr": lr * self.lr_mult, "light": True}]
 
     @classmethod
     def from_image(cls, image, height: int = 16, width: int = 32, **kwargs) -> LearnedEnvironment:

@@ -127,14 +127,13 @@ class Trainer:
         stage_params = {id(p) for p in getattr(self.field, "stage_parameters", lambda: [])()}
         if stage_params:
             # Material head and light: trained from the start of the PBR stage on their own schedule (below).
-            light = {id(p) for p in self.field.env.parameters()} if hasattr(self.field, "env") else set()
+            # The light's own group (LearnedEnvironment.param_groups) carries "light": True.
             split = []
             for g in groups:
                 own = [p for p in g["params"] if id(p) in stage_params]
                 rest = [p for p in g["params"] if id(p) not in stage_params]
                 split += [{**g, "params": rest}] if rest else []
-                if own:
-                    split += [{**g, "params": own, "stage": "pbr", "light": all(id(p) in light for p in own)}]
+                split += [{"light": False, **g, "params": own, "stage": "pbr"}] if own else []
             groups = split
         self.optimizer = torch.optim.Adam(groups, lr=t.lr, eps=1e-15)
         self.elapsed = 0.0
@@ -543,6 +542,12 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
 
         if not m.env_lr_mult > 0:
             raise NFieldsError(f"model.env_lr_mult {m.env_lr_mult}: must be > 0")
+        t = cfg.train
+        if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
+            raise NFieldsError(
+                f"train.light_warmup_steps {t.light_warmup_steps} / light_chroma_smoothness "
+                f"{t.light_chroma_smoothness}: must be >= 0"
+            )
         return PBRField(
             aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, up_axis=m.env_up_axis,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,

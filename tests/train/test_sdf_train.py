@@ -193,3 +193,6 @@ def test_light_has_its_own_learning_rate():
     cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_lr_mult=0"])
     with pytest.raises(NFieldsError, match="model.env_lr_mult 0"):
         build_field(cfg, aabb)
+    cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "train.light_warmup_steps=-1"])
+    with pytest.raises(NFieldsError, match="train.light_warmup_steps -1"):
+        build_field(cfg, aabb)
