@@ -67,6 +67,10 @@ class ModelConfig:
     sdf_color_dirs: str = "view"
     """SDF fields' neural colour head sees the view direction (view, NeuS) or the view direction mirrored about the
     normal (reflected, Ref-NeRF / Ref-NeuS: glossy and metallic surfaces without bumps faked into the geometry)."""
+    detach_color_normals: str = "none"
+    """SDF fields: the colour sees the normals without their gradient -- none; neural (the neural colour head's
+    normals only: the geometry stage cannot bend the surface to bake shadows or shading into it); all (also the
+    PBR shading's normals)."""
     shading: str = "neural"
     """SDF fields: neural (a colour MLP of normal, view direction and features) or pbr (materials -- albedo, roughness,
     metallic -- shaded with GGX + Lambert under a learned HDR environment; relightable; see fields/pbr.py)."""
@@ -75,6 +79,9 @@ class ModelConfig:
     env_lr_mult: float = 1.0
     """pbr: the learned light's learning rate is train.lr times this (its log-radiance texels must move by several
     units -- a sun is ~100x the sky -- in the few hundred steps of a short PBR stage)."""
+    env_levels: int = 1
+    """pbr: the learned light as a pyramid of this many log-radiance grids (the map, then each coarser by 2), summed:
+    coarse levels move whole regions of the sky at once (see LearnedEnvironment); 1 = the texels alone."""
     env_up_axis: str = "z"
     """pbr: the scene's up axis for the environment map (z: generated scenes; -y: normalised DTU)."""
     shadow_lights: int = 0

@@ -43,7 +43,8 @@ class PBRField(SDFField):
 
     Extra arguments over :class:`SDFField`: ``material_hidden``/``material_layers`` (the material MLP on geometry
     features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
-    ``env_lr_mult`` (the light's learning rate relative to the rest), ``up_axis`` of the environment (``"-y"`` for
+    ``env_lr_mult`` (the light's learning rate relative to the rest), ``env_levels`` (the light as a pyramid of
+    that many grids), ``up_axis`` of the environment (``"-y"`` for
     DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
     ``shadow_resolution`` (cached SDF lattice).
     """
@@ -56,6 +57,7 @@ class PBRField(SDFField):
         env_height: int = 16,
         env_init: float = 1.0,
         env_lr_mult: float = 1.0,
+        env_levels: int = 1,
         up_axis: str = "z",
         shadow_lights: int = 0,
         shadow_resolution: int = 64,
@@ -64,7 +66,9 @@ class PBRField(SDFField):
         super().__init__(aabb, **sdf_kwargs)
         geo_feat_dim = self.color_net[0].in_features - 3 - self.dir_enc.out_dim
         self.material_net = mlp(geo_feat_dim, material_hidden, material_layers, 5)
-        self.env = LearnedEnvironment(env_height, 2 * env_height, init=env_init, up_axis=up_axis, lr_mult=env_lr_mult)
+        self.env = LearnedEnvironment(
+            env_height, 2 * env_height, init=env_init, up_axis=up_axis, lr_mult=env_lr_mult, levels=env_levels
+        )
         self.shading = "pbr"
         self.render_mode = "rgb"
         # Not a sub-module: a relight map is a rendering choice, never part of the checkpoint.
@@ -137,6 +141,8 @@ class PBRField(SDFField):
             return v[:, None].expand(-1, 3)
         if normals is None:
             raise NFieldsError("PBRField.color needs normals to shade")
+        if self.detach_color_normals == "all":
+            normals = normals.detach()
         env = self._light()
         shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
         linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow)

@@ -18,6 +18,7 @@ from nfields.registry import build_network
 from nfields.render.shading import reflect
 
 COLOR_DIRS = ("view", "reflected")
+DETACH_COLOR_NORMALS = ("none", "neural", "all")
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
@@ -53,6 +54,7 @@ class SDFField(Field):
         normals: str = "finite_difference",
         fd_eps: float = 1e-3,  # <= 0: tied to the active hash level (see finite_difference_eps)
         color_dirs: str = "view",
+        detach_color_normals: str = "none",
     ):
         super().__init__(aabb)
         self.net = build_network(network, 3, 1 + geo_feat_dim, **(network_options or {}))
@@ -70,6 +72,11 @@ class SDFField(Field):
         if color_dirs not in COLOR_DIRS:
             raise ValueError(f"color_dirs must be one of {', '.join(COLOR_DIRS)}, got {color_dirs!r}")
         self.color_dirs = color_dirs
+        if detach_color_normals not in DETACH_COLOR_NORMALS:
+            raise ValueError(
+                f"detach_color_normals must be one of {', '.join(DETACH_COLOR_NORMALS)}, got {detach_color_normals!r}"
+            )
+        self.detach_color_normals = detach_color_normals
         self.cos_anneal_ratio = 1.0
         # Floor of the occupancy shell's half-width (world units); see density().
         self.min_shell_width = 2.0 / 64.0
@@ -122,11 +129,18 @@ class SDFField(Field):
     def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
         """RGB (N, 3) from features, unit ray directions and unit normals. With ``color_dirs="reflected"`` the head
         sees the ray mirrored about the normal instead of the ray itself (Ref-NeRF): a glossy highlight is then a
-        smooth function of its input, so the SDF is not pushed to bend the surface to fake one."""
+        smooth function of its input, so the SDF is not pushed to bend the surface to fake one.
+
+        ``detach_color_normals`` other than ``"none"``: the head sees the normals without their gradient, so the
+        photometric loss shapes the surface only through where it is (the volume-rendering weights) and its
+        features, never by tilting normals to darken or brighten a pixel (baked shadows)."""
         if normals is None:
             normals = torch.zeros_like(dirs)
-        elif self.color_dirs == "reflected":
-            dirs = reflect(-dirs, normals)  # the mirrored ray, pointing away from the surface
+        else:
+            if self.detach_color_normals != "none":
+                normals = normals.detach()
+            if self.color_dirs == "reflected":
+                dirs = reflect(-dirs, normals)  # the mirrored ray, pointing away from the surface
         h = torch.cat([normals, self.dir_enc(dirs), features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 

@@ -395,6 +395,12 @@ class LearnedEnvironment(_EquirectLight):
 
     The tables are rebuilt from the current texels on every :meth:`irradiance` / :meth:`prefiltered` call (a few
     ms at 16x32), so call each once per batch.
+
+    ``levels`` > 1 adds coarser log-radiance grids (each half the size of the one before: 8x16, 4x8, ... for a
+    16x32 map), upsampled bilinearly (wrapping in u) and summed with the finest: a coarse texel moves a whole
+    region of the sky at once, driven by every pixel that region lights, so broad structure (where the sun and the
+    bright half of the sky are) is found in a few steps while the finest level adds detail. The coarse grids start
+    at 0, so the map starts where a single-level one does; ``log_radiance`` stays the finest level's parameter.
     """
 
     def __init__(
@@ -407,13 +413,21 @@ class LearnedEnvironment(_EquirectLight):
         roughness_levels=DEFAULT_ROUGHNESS_LEVELS,
         n_samples: int = 32,
         lr_mult: float = 1.0,
+        levels: int = 1,
     ):
         super().__init__(up_axis, rotation_deg)
         if width != 2 * height or height < 2:
             raise NFieldsError(f"LearnedEnvironment: {width}x{height} is not an equirectangular (2:1) map")
         if init <= 0:
             raise NFieldsError(f"LearnedEnvironment init {init}: radiance must be > 0")
+        if levels < 1 or height % (1 << (levels - 1)):
+            raise NFieldsError(
+                f"LearnedEnvironment levels {levels}: need >= 1, and the height ({height}) divisible by 2^(levels-1)"
+            )
         self.log_radiance = nn.Parameter(torch.full((height, width, 3), math.log(init)))
+        self.coarse = nn.ParameterList(
+            [nn.Parameter(torch.zeros(height >> k, width >> k, 3)) for k in range(1, levels)]
+        )
         self.roughness_levels = _levels_arg(roughness_levels)
         self.n_samples = n_samples
         self.lr_mult = float(lr_mult)
@@ -421,7 +435,7 @@ class LearnedEnvironment(_EquirectLight):
     def param_groups(self, lr: float) -> list[dict]:
         """The texels' optimiser group: ``lr * lr_mult``, marked ``light`` (the trainer's light warm-up keys on it;
         see :func:`nfields.fields.base.param_groups`)."""
-        return [{"params": [self.log_radiance], "lr": lr * self.lr_mult, "light": True}]
+        return [{"params": [self.log_radiance, *self.coarse], "lr": lr * self.lr_mult, "light": True}]
 
     @classmethod
     def from_image(cls, image, height: int = 16, width: int = 32, **kwargs) -> LearnedEnvironment:
@@ -433,14 +447,27 @@ class LearnedEnvironment(_EquirectLight):
             env.log_radiance.copy_(downsample_equirect(img, height, width).clamp_min(1e-6).log())
         return env
 
+    def full_log_radiance(self) -> Tensor:
+        """The (H, W, 3) log-radiance map: the finest level plus every coarser level upsampled (see ``levels``)."""
+        out = self.log_radiance
+        h, w, _ = out.shape
+        for c in self.coarse:
+            s = h // c.shape[0]
+            x = c.permute(2, 0, 1)[None]
+            x = torch.cat([x[..., -1:], x, x[..., :1]], -1)  # wrap in u; v clamps at the poles
+            x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            out = out + x[0, :, :, s : s + w].permute(1, 2, 0)
+        return out
+
     def texels(self) -> Tensor:
-        return self.log_radiance.exp()
+        return self.full_log_radiance().exp()
 
     def chroma_variation(self) -> Tensor:
         """Mean absolute difference of log-chromaticity (log radiance minus its mean over the channels) between
         neighbouring texels, along u (wrapping) and v: how much the light's *colour* changes from texel to texel,
         whatever its brightness does (the prior of ``train.light_chroma_smoothness``)."""
-        c = self.log_radiance - self.log_radiance.mean(-1, keepdim=True)
+        log_radiance = self.full_log_radiance()
+        c = log_radiance - log_radiance.mean(-1, keepdim=True)
         du = (c - c.roll(1, dims=1)).abs().mean()
         dv = (c[1:] - c[:-1]).abs().mean()
         return du + dv

@@ -35,7 +35,7 @@ from nfields.data.rays import RayBatcher
 from nfields.errors import NFieldsError
 from nfields.fields import count_parameters, param_groups
 from nfields.fields.radiance import RadianceField
-from nfields.fields.sdf import COLOR_DIRS, SDFField, eikonal_loss
+from nfields.fields.sdf import COLOR_DIRS, DETACH_COLOR_NORMALS, SDFField, eikonal_loss
 from nfields.render.renderer import Renderer
 from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from nfields.train.metrics import psnr, ssim
@@ -535,6 +535,10 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         raise NFieldsError(f"model.sdf_fd_eps {m.sdf_fd_eps}: must be >= 0 (0 = tied to the active hash level)")
     if m.sdf_color_dirs not in COLOR_DIRS:
         raise NFieldsError(f"model.sdf_color_dirs {m.sdf_color_dirs!r}: valid: {', '.join(COLOR_DIRS)}")
+    if m.detach_color_normals not in DETACH_COLOR_NORMALS:
+        raise NFieldsError(
+            f"model.detach_color_normals {m.detach_color_normals!r}: valid: {', '.join(DETACH_COLOR_NORMALS)}"
+        )
     if m.shading not in SHADINGS:
         raise NFieldsError(f"model.shading {m.shading!r}: valid: {', '.join(SHADINGS)}")
     if m.shading == "pbr":
@@ -542,6 +546,11 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
 
         if not m.env_lr_mult > 0:
             raise NFieldsError(f"model.env_lr_mult {m.env_lr_mult}: must be > 0")
+        if m.env_levels < 1 or m.env_height % (1 << (m.env_levels - 1)):
+            raise NFieldsError(
+                f"model.env_levels {m.env_levels}: must be >= 1 with model.env_height ({m.env_height}) divisible by "
+                "2^(levels - 1)"
+            )
         t = cfg.train
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(
@@ -549,11 +558,12 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
                 f"{t.light_chroma_smoothness}: must be >= 0"
             )
         return PBRField(
-            aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, up_axis=m.env_up_axis,
+            aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, env_levels=m.env_levels,
+            up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, **common,
         )  # fmt: skip
     return SDFField(
         aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
-        **common,
+        detach_color_normals=m.detach_color_normals, **common,
     )  # fmt: skip

@@ -69,6 +69,29 @@ def test_gradients_reach_materials_light_and_geometry():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in f.net.parameters())
 
 
+@pytest.mark.parametrize("color_dirs", ["view", "reflected"])
+def test_detach_color_normals_cuts_only_the_normal_path(color_dirs):
+    """``detach_color_normals``: none -- colour gradients reach the normals in both stages; neural -- not through
+    the neural head, still through the PBR shading; all -- through neither. The features' path always stays."""
+    x, dirs, normals = _inputs()
+    reached = {}
+    for mode in ("none", "neural", "all"):
+        f = _field(color_dirs=color_dirs, detach_color_normals=mode)
+        for shading in ("neural", "pbr"):
+            f.shading = shading
+            feat = f.geometry(x)[1].detach().requires_grad_(True)
+            n = normals.clone().requires_grad_(True)
+            f.color(feat, dirs, n).sum().backward()
+            assert float(feat.grad.abs().sum()) > 0
+            reached[mode, shading] = n.grad is not None and float(n.grad.abs().sum()) > 0
+    assert reached == {
+        ("none", "neural"): True, ("none", "pbr"): True, ("neural", "neural"): False, ("neural", "pbr"): True,
+        ("all", "neural"): False, ("all", "pbr"): False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="detach_color_normals"):
+        _field(detach_color_normals="geometry")
+
+
 def test_relight_is_not_part_of_the_checkpoint():
     f = _field()
     keys = set(f.state_dict())

@@ -223,3 +223,34 @@ def test_light_chroma_variation_ignores_brightness_and_sees_colour():
     assert float(env.chroma_variation().detach()) == pytest.approx(want, rel=1e-5)
     env.chroma_variation().backward()
     assert env.log_radiance.grad.abs().sum() > 0
+
+
+def test_learned_environment_pyramid_levels():
+    """The light as a pyramid: starts where one level does; a coarse texel moves its region (wrapping in u);
+    gradients and the optimiser group reach every level; impossible sizes are one-line errors."""
+    one, pyr = LearnedEnvironment(8, 16, init=2.0), LearnedEnvironment(8, 16, init=2.0, levels=3)
+    assert [tuple(c.shape) for c in pyr.coarse] == [(4, 8, 3), (2, 4, 3)]
+    assert torch.allclose(pyr.texels(), one.texels())
+    with torch.no_grad():
+        pyr.coarse[1].fill_(math.log(3.0))  # a constant coarse level scales the whole map, poles and seam included
+    assert torch.allclose(pyr.texels(), torch.full((8, 16, 3), 6.0), rtol=1e-5)
+    with torch.no_grad():
+        pyr.coarse[1].zero_()
+        pyr.coarse[0][1, 0] = 1.0  # one coarse texel in the first column: bilinear weights 1/4, 3/4, 3/4, 1/4
+    wv, wu = torch.zeros(8), torch.zeros(16)  # over fine rows 1-4 and fine columns 15 (wrapping), 0, 1, 2
+    wv[1:5] = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    wu[[15, 0, 1, 2]] = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    want = (wv[:, None] * wu[None, :])[..., None].expand(8, 16, 3)
+    assert torch.allclose(pyr.full_log_radiance() - math.log(2.0), want, atol=1e-6)
+    # Bilinear upsampling by 2 keeps a coarse level's mean, so coarse and fine levels stay on one scale.
+    with torch.no_grad():
+        pyr.coarse[0].copy_(torch.randn(4, 8, 3))
+    assert float((pyr.full_log_radiance().detach() - math.log(2.0)).mean()) == pytest.approx(
+        float(pyr.coarse[0].mean()), abs=1e-5
+    )
+    pyr.irradiance(torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)).sum().backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in [pyr.log_radiance, *pyr.coarse])
+    (group,) = pyr.param_groups(0.01)
+    assert len(group["params"]) == 3 and group["light"]
+    with pytest.raises(NFieldsError, match="levels 4"):
+        LearnedEnvironment(6, 12, levels=4)

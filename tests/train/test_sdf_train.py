@@ -193,6 +193,16 @@ def test_light_has_its_own_learning_rate():
     cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_lr_mult=0"])
     with pytest.raises(NFieldsError, match="model.env_lr_mult 0"):
         build_field(cfg, aabb)
+    # A pyramid light: every level in the light's one group.
+    cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_levels=3"])
+    field = build_field(cfg, aabb)
+    (light,) = [g for g in param_groups(field, 0.01) if g.get("light")]
+    assert [tuple(p.shape) for p in light["params"]] == [(16, 32, 3), (8, 16, 3), (4, 8, 3)]
+    for bad in ("model.env_levels=0", "model.env_levels=6"):
+        with pytest.raises(NFieldsError, match="model.env_levels"):
+            build_field(build_config("demo", None, "tiny", ["model.shading=pbr", bad]), aabb)
+    with pytest.raises(NFieldsError, match="model.detach_color_normals 'geometry'.*valid: none, neural, all"):
+        build_field(build_config("demo", None, "tiny", ["model.detach_color_normals=geometry"]), aabb)
     cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "train.light_warmup_steps=-1"])
     with pytest.raises(NFieldsError, match="train.light_warmup_steps -1"):
         build_field(cfg, aabb)
