@@ -140,6 +140,9 @@ class TrainConfig:
     neighbouring texels' log-chromaticity (log radiance minus its channel mean). Intensity stays free (a sun is one
     bright texel) but colour must vary slowly, so the light cannot take over the albedo's colour variation (the
     diffuse albedo x light ambiguity); a milder cousin of nvdiffrec's white-balance prior (0 = off)."""
+    light_chroma_along: str = "uv"
+    """pbr shading: the colour prior compares neighbours along uv (azimuth and elevation) or u (azimuth only: the
+    light's colour may change with elevation -- a blue sky above, a brown ground below -- but not around it)."""
     normal_smoothness: float = 0.0
     """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
     points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""

@@ -381,6 +381,9 @@ class EnvironmentMap(_EquirectLight):
         return self._tables
 
 
+CHROMA_ALONG = ("uv", "u")
+
+
 class LearnedEnvironment(_EquirectLight):
     """A learnable HDR environment: ``height x width`` equirect texels stored as log-radiance, ``exp`` activation.
 
@@ -462,13 +465,19 @@ class LearnedEnvironment(_EquirectLight):
     def texels(self) -> Tensor:
         return self.full_log_radiance().exp()
 
-    def chroma_variation(self) -> Tensor:
+    def chroma_variation(self, along: str = "uv") -> Tensor:
         """Mean absolute difference of log-chromaticity (log radiance minus its mean over the channels) between
         neighbouring texels, along u (wrapping) and v: how much the light's *colour* changes from texel to texel,
-        whatever its brightness does (the prior of ``train.light_chroma_smoothness``)."""
+        whatever its brightness does (the prior of ``train.light_chroma_smoothness``). ``along="u"``: between
+        neighbours in azimuth only, so the colour may change with elevation (blue sky above, a brown ground below)
+        but not around the horizon."""
+        if along not in CHROMA_ALONG:
+            raise NFieldsError(f"chroma variation along {along!r}: valid: {', '.join(CHROMA_ALONG)}")
         log_radiance = self.full_log_radiance()
         c = log_radiance - log_radiance.mean(-1, keepdim=True)
         du = (c - c.roll(1, dims=1)).abs().mean()
+        if along == "u":
+            return du
         dv = (c[1:] - c[:-1]).abs().mean()
         return du + dv
 

@@ -36,6 +36,7 @@ from nfields.errors import NFieldsError
 from nfields.fields import count_parameters, param_groups
 from nfields.fields.radiance import RadianceField
 from nfields.fields.sdf import COLOR_DIRS, DETACH_COLOR_NORMALS, SDFField, eikonal_loss
+from nfields.render.envmap import CHROMA_ALONG
 from nfields.render.renderer import Renderer
 from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from nfields.train.metrics import psnr, ssim
@@ -286,7 +287,7 @@ class Trainer:
                     loss = loss + t.normal_smoothness * curv
                     extra["normal_smoothness"] = curv.item()
         if getattr(self.field, "shading", "") == "pbr" and t.light_chroma_smoothness > 0:
-            chroma = self.field.env.chroma_variation()
+            chroma = self.field.env.chroma_variation(t.light_chroma_along)
             loss = loss + t.light_chroma_smoothness * chroma
             extra["light_chroma"] = chroma.item()
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
@@ -552,6 +553,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
                 "2^(levels - 1)"
             )
         t = cfg.train
+        if t.light_chroma_along not in CHROMA_ALONG:
+            raise NFieldsError(f"train.light_chroma_along {t.light_chroma_along!r}: valid: {', '.join(CHROMA_ALONG)}")
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(
                 f"train.light_warmup_steps {t.light_warmup_steps} / light_chroma_smoothness "

@@ -223,6 +223,14 @@ def test_light_chroma_variation_ignores_brightness_and_sees_colour():
     assert float(env.chroma_variation().detach()) == pytest.approx(want, rel=1e-5)
     env.chroma_variation().backward()
     assert env.log_radiance.grad.abs().sum() > 0
+    # Along u only: a colour that changes with elevation alone (blue above, brown below) costs nothing.
+    with torch.no_grad():
+        env.log_radiance.zero_()
+        env.log_radiance[:4] += torch.tensor([-0.5, 0.0, 0.5])
+        env.log_radiance[4:] += torch.tensor([0.3, 0.0, -0.6])
+    assert float(env.chroma_variation("u").detach()) < 1e-6 < float(env.chroma_variation().detach())
+    with pytest.raises(NFieldsError, match="along 'v'"):
+        env.chroma_variation("v")
 
 
 def test_learned_environment_pyramid_levels():

@@ -201,6 +201,8 @@ def test_light_has_its_own_learning_rate():
     for bad in ("model.env_levels=0", "model.env_levels=6"):
         with pytest.raises(NFieldsError, match="model.env_levels"):
             build_field(build_config("demo", None, "tiny", ["model.shading=pbr", bad]), aabb)
+    with pytest.raises(NFieldsError, match="train.light_chroma_along 'v'.*valid: uv, u"):
+        build_field(build_config("demo", None, "tiny", ["model.shading=pbr", "train.light_chroma_along=v"]), aabb)
     with pytest.raises(NFieldsError, match="model.detach_color_normals 'geometry'.*valid: none, neural, all"):
         build_field(build_config("demo", None, "tiny", ["model.detach_color_normals=geometry"]), aabb)
     cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "train.light_warmup_steps=-1"])
