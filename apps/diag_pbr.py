@@ -3,6 +3,7 @@
     python apps/diag_pbr.py maps RUN OUT.png        # per held-out view: image, normals, albedo, roughness, metallic
     python apps/diag_pbr.py noise --spp 128         # how noisy the demo's ground truth is at a sample count
     python apps/diag_pbr.py light RUN OUT.png       # learned light next to the scene's light, and their chroma
+    python apps/diag_pbr.py albedo-bias RUN         # aligned albedo error by the surface's facing (up / down)
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -17,6 +18,11 @@ learned light divided by the albedo alignment scale of ``nfields eval`` (so both
 decomposition makes the two rows equal), each tone-mapped, then each one's chromaticity (radiance / its channel
 mean; where the light's colour varies). Prints the per-channel ratio of the two lights' mean radiance and the
 chromaticity error of the upper and lower hemispheres.
+
+``albedo-bias``: over every held-out view, the mean log ratio of the run's aligned albedo to the true one per
+channel, binned by the up component of the true normal (generated scenes' up is z): a light whose colour is wrong
+above or below the horizon shows up as an albedo tint that follows the facing (e.g. too blue on up-facing
+surfaces, too little blue on down-facing ones).
 """
 
 from __future__ import annotations
@@ -119,6 +125,42 @@ def light(run: Path, out: Path) -> None:
 
 
 @torch.no_grad()
+def albedo_bias(run: Path, n_bins: int = 8) -> None:
+    """Print the aligned albedo's log error per channel by the true normal's up component (see the module
+    docstring)."""
+    from nfields.render.shading import srgb_to_linear
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    scene, field, renderer = tr.scene, tr.field, tr.renderer
+    gt = Path(scene.root) / "gt"
+    eval_file = run / "eval.json"
+    k = torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+    up, err = [], []
+    for i in scene.test_ids:
+        field.render_mode = "albedo"
+        try:
+            r = renderer.render_image(scene.cameras, i, background=None)
+        finally:
+            field.render_mode = "rgb"
+        mask = (_load(Path(scene.root) / "mask" / f"{i:03d}.png")[..., 0] > 0.5) & (r["opacity"] > 0.5)
+        n = torch.nn.functional.normalize(_load(gt / "normal" / f"{i:06d}.png") * 2 - 1, dim=-1)
+        truth = srgb_to_linear(_load(gt / "albedo" / f"{i:06d}.png"))[mask].clamp_min(1e-3)
+        up.append(n[mask][:, 2])
+        err.append(torch.log((srgb_to_linear(r["rgb"])[mask] * k).clamp_min(1e-3) / truth))
+    up, err = torch.cat(up), torch.cat(err)
+    edges = torch.linspace(-1, 1, n_bins + 1)
+    print("normal up component | pixels | mean log(aligned albedo / true) r g b")
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        m = (up >= a) & (up < b)
+        if int(m.sum()) >= 50:
+            print(
+                f"[{a:+.2f}, {b:+.2f}) | {int(m.sum()):6d} | " + " ".join(f"{v:+.3f}" for v in err[m].mean(0).tolist())
+            )
+    print("rms log error r g b: " + " ".join(f"{v:.3f}" for v in err.pow(2).mean(0).sqrt().tolist()))
+
+
+@torch.no_grad()
 def noise(spp: int) -> None:
     """Print the agreement of two independent renders of demo view 8 (see the module docstring)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, demo_cameras, procedural_sky, render_pbr_view
@@ -144,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     pl = sub.add_parser("light")
     pl.add_argument("run", type=Path)
     pl.add_argument("out", type=Path)
+    pb = sub.add_parser("albedo-bias")
+    pb.add_argument("run", type=Path)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -152,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.cmd == "noise":
             noise(args.spp)
+        elif args.cmd == "albedo-bias":
+            albedo_bias(args.run)
         else:
             (maps if args.cmd == "maps" else light)(args.run, args.out)
     except NFieldsError as e:
