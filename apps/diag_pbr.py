@@ -43,6 +43,22 @@ def _load(path: Path) -> torch.Tensor:
     return torch.from_numpy(a if a.ndim == 3 else np.repeat(a[..., None], 3, -1))[..., :3]
 
 
+def _albedo_scale(run: Path) -> torch.Tensor:
+    """The per-channel albedo alignment of ``nfields eval`` (RUN/eval.json), or ones when the run is not evaluated."""
+    eval_file = run / "eval.json"
+    return torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+
+
+def _render_material(tr, i: int, mode: str) -> dict:
+    """View ``i`` of the run's ``mode`` map (albedo sRGB, roughness, metallic): the renderer's output, ``rgb``
+    (H, W, 3) holding the map."""
+    tr.field.render_mode = mode
+    try:
+        return tr.renderer.render_image(tr.scene.cameras, i, background=None)
+    finally:
+        tr.field.render_mode = "rgb"
+
+
 @torch.no_grad()
 def maps(run: Path, out: Path) -> None:
     """Write the error-map montage of ``run`` to ``out`` (see the module docstring)."""
@@ -50,11 +66,10 @@ def maps(run: Path, out: Path) -> None:
     from nfields.train.render_run import open_run
 
     tr = open_run(run)
-    scene, field, renderer = tr.scene, tr.field, tr.renderer
+    scene, renderer = tr.scene, tr.renderer
     root = Path(scene.root)
     gt = root / "gt"
-    eval_file = run / "eval.json"
-    k = torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+    k = _albedo_scale(run)
     rows = []
     for i in scene.test_ids[:3]:
         r = renderer.render_image(scene.cameras, i, background=tr.background)
@@ -67,13 +82,7 @@ def maps(run: Path, out: Path) -> None:
         print(f"view {i}: normal error mean {a.mean():.2f}, median {a.median():.2f}, p90 {a.quantile(0.9):.2f} deg")
         row = [_load(root / "image" / f"{i:06d}.png"), (gn * 0.5 + 0.5) * m3, (n * 0.5 + 0.5) * m3]
         row.append((ang / 30).clamp(0, 1)[..., None].expand(-1, -1, 3) * m3)
-        mats = {}
-        for mode in ("albedo", "roughness", "metallic"):
-            field.render_mode = mode
-            try:
-                mats[mode] = renderer.render_image(scene.cameras, i, background=None)["rgb"]
-            finally:
-                field.render_mode = "rgb"
+        mats = {mode: _render_material(tr, i, mode)["rgb"] for mode in ("albedo", "roughness", "metallic")}
         ga = _load(gt / "albedo" / f"{i:06d}.png")
         pa = linear_to_srgb((srgb_to_linear(mats["albedo"]) * k).clamp(0, 1))
         row += [ga * m3, pa * m3, ((pa - ga).abs() * 4).clamp(0, 1) * m3]
@@ -100,8 +109,7 @@ def light(run: Path, out: Path) -> None:
     h, w, _ = learned.shape
     true = downsample_equirect(torch.as_tensor(read_envmap(root / meta["envmap"]), dtype=torch.float32), h, w)
     true = true * float(meta.get("exposure", 1.0))
-    eval_file = run / "eval.json"
-    k = torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+    k = _albedo_scale(run)
     learned = learned / k  # albedo * k matches the truth, so light / k does
     ratio = learned.mean((0, 1)) / true.mean((0, 1))
     print(f"learned / true mean radiance per channel: {', '.join(f'{v:.3f}' for v in ratio)}")
@@ -132,18 +140,12 @@ def albedo_bias(run: Path, n_bins: int = 8) -> None:
     from nfields.train.render_run import open_run
 
     tr = open_run(run)
-    scene, field, renderer = tr.scene, tr.field, tr.renderer
-    gt = Path(scene.root) / "gt"
-    eval_file = run / "eval.json"
-    k = torch.tensor(json.loads(eval_file.read_text())["albedo_scale"]) if eval_file.exists() else torch.ones(3)
+    gt = Path(tr.scene.root) / "gt"
+    k = _albedo_scale(run)
     up, err = [], []
-    for i in scene.test_ids:
-        field.render_mode = "albedo"
-        try:
-            r = renderer.render_image(scene.cameras, i, background=None)
-        finally:
-            field.render_mode = "rgb"
-        mask = (_load(Path(scene.root) / "mask" / f"{i:03d}.png")[..., 0] > 0.5) & (r["opacity"] > 0.5)
+    for i in tr.scene.test_ids:
+        r = _render_material(tr, i, "albedo")
+        mask = (_load(Path(tr.scene.root) / "mask" / f"{i:03d}.png")[..., 0] > 0.5) & (r["opacity"] > 0.5)
         n = torch.nn.functional.normalize(_load(gt / "normal" / f"{i:06d}.png") * 2 - 1, dim=-1)
         truth = srgb_to_linear(_load(gt / "albedo" / f"{i:06d}.png"))[mask].clamp_min(1e-3)
         up.append(n[mask][:, 2])
