@@ -89,6 +89,10 @@ class ModelConfig:
     of the SDF, once per ray; see render/shadows.py); 0 = unshadowed split-sum lighting."""
     shadow_resolution: int = 64
     """pbr with shadows: vertices per side of the cached SDF lattice the shadow rays march through."""
+    local_light: bool = False
+    """pbr: add a smooth, spatially varying diffuse irradiance E(x, n) to the environment's -- near lamps and light
+    bounced between surfaces, which a distant light cannot give (real captures such as DTU); dropped when relighting
+    (see fields/pbr.py)."""
 
 
 MODEL_KINDS = ("density", "sdf")
@@ -143,6 +147,9 @@ class TrainConfig:
     light_chroma_along: str = "uv"
     """pbr shading: the colour prior compares neighbours along uv (azimuth and elevation) or u (azimuth only: the
     light's colour may change with elevation -- a blue sky above, a brown ground below -- but not around it)."""
+    local_light_l1: float = 0.0
+    """pbr with model.local_light: weight of the local light's share of the diffuse light at surface points (its
+    mean irradiance over the environment's), so the distant light explains what it can (0 = no penalty)."""
     normal_smoothness: float = 0.0
     """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
     points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""

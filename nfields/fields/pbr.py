@@ -19,6 +19,15 @@ Shadows (``shadow_lights`` > 0): the brightest texels of the light cast soft sha
 cached copy of the SDF (:mod:`nfields.render.shadows`); the renderer asks :meth:`PBRField.shadow_visibility` at
 each ray's surface point and passes the result to :meth:`PBRField.color`.
 
+Local light (``local_light``): a distant environment lights every point alike, which a real capture does not --
+lamps near the object (DTU's LED rig), light bounced between its own surfaces, a room rather than a sky. Those
+reach the diffuse term through a spatially varying irradiance ``E_loc(x, n)`` added to the environment's
+(:class:`LocalIrradiance`: a small MLP of a low-frequency positional encoding of x and degree-2 spherical harmonics
+of n, starting near 0), multiplied by the albedo like any irradiance, so albedo stays a material. It is smooth by
+construction (3 octaves across the box) so it cannot take over the albedo's texture, and ``train.local_light_l1``
+asks it to explain as little as it can. Relighting drops it: it belongs to the capture's light, not the scene
+(the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
+
 ``render_mode`` selects what :meth:`color` returns for the renderer to composite: ``rgb`` (shaded, sRGB),
 ``albedo`` (sRGB), ``roughness``, ``metallic`` (grey, linear) -- the material maps for evaluation and the viewer.
 """
@@ -26,8 +35,11 @@ each ray's surface point and passes the result to :meth:`PBRField.color`.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from nfields.encodings.frequency import PositionalEncoding
+from nfields.encodings.sh import SphericalHarmonics
 from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
 from nfields.render.envmap import LearnedEnvironment
@@ -38,6 +50,31 @@ RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
 MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
 
 
+class LocalIrradiance(nn.Module):
+    """Spatially varying diffuse irradiance ``E_loc(x, n)`` (N, 3) >= 0 (see the module docstring): a ReLU MLP
+    (``hidden`` wide, ``layers`` deep) of the positional encoding of x normalised to the box (``n_freqs``
+    octaves) and the degree-2 spherical harmonics of the unit normal n, then softplus. Starts at ``init``
+    everywhere (the last layer's weights are zero)."""
+
+    def __init__(self, aabb, n_freqs: int = 3, hidden: int = 32, layers: int = 2, init: float = 1e-2):
+        super().__init__()
+        if n_freqs < 0 or init <= 0:
+            raise NFieldsError(f"LocalIrradiance: n_freqs {n_freqs} must be >= 0 and init {init} > 0")
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(6).clone(), persistent=False)
+        self.pos_enc = PositionalEncoding(3, n_freqs)
+        self.sh = SphericalHarmonics(3)
+        self.net = mlp(self.pos_enc.out_dim + self.sh.out_dim, hidden, layers, 3)
+        with torch.no_grad():
+            self.net[-1].weight.zero_()
+            self.net[-1].bias.fill_(init + torch.log(-torch.expm1(torch.tensor(-init))).item())  # softplus^-1
+
+    def forward(self, x: Tensor, normals: Tensor) -> Tensor:
+        """Points (N, 3) and unit normals (N, 3) -> irradiance (N, 3)."""
+        lo, hi = self.aabb[:3].to(x), self.aabb[3:].to(x)
+        u = (x - lo) / (hi - lo) * 2 - 1
+        return F.softplus(self.net(torch.cat([self.pos_enc(u), self.sh(normals)], -1)))
+
+
 class PBRField(SDFField):
     """SDF geometry + material head + learned environment light, shaded physically (see the module docstring).
 
@@ -46,7 +83,8 @@ class PBRField(SDFField):
     ``env_lr_mult`` (the light's learning rate relative to the rest), ``env_levels`` (the light as a pyramid of
     that many grids), ``up_axis`` of the environment (``"-y"`` for
     DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
-    ``shadow_resolution`` (cached SDF lattice).
+    ``shadow_resolution`` (cached SDF lattice), ``local_light`` (add a :class:`LocalIrradiance`; see the module
+    docstring).
     """
 
     def __init__(
@@ -61,6 +99,7 @@ class PBRField(SDFField):
         up_axis: str = "z",
         shadow_lights: int = 0,
         shadow_resolution: int = 64,
+        local_light: bool = False,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -82,10 +121,21 @@ class PBRField(SDFField):
             )
         self.shadow_lights = int(shadow_lights)
         object.__setattr__(self, "shadow_volume", ShadowVolume(self.aabb, shadow_resolution) if shadow_lights else None)
+        self.local_light = LocalIrradiance(self.aabb) if local_light else None
 
     def wants_shadows(self) -> bool:
         """True when the next :meth:`color` call shades with shadows (pbr stage, rgb mode, shadows on)."""
         return self.shadow_volume is not None and self.shading == "pbr" and self.render_mode == "rgb"
+
+    def wants_points(self) -> bool:
+        """True when the next :meth:`color` call needs the sample positions (the local light, in the pbr stage's
+        rgb mode, under the learned light)."""
+        return (
+            self.local_light is not None
+            and self.shading == "pbr"
+            and self.render_mode == "rgb"
+            and self.relight_env is None
+        )
 
     def update_shadows(self) -> None:
         """Re-sample the SDF into the shadow lattice (the renderer does it with each occupancy-grid update); a no-op
@@ -108,7 +158,8 @@ class PBRField(SDFField):
     def stage_parameters(self) -> list:
         """The parameters that only the PBR stage trains (material head and light); the trainer gives them a
         learning-rate schedule that starts when that stage does."""
-        return [*self.material_net.parameters(), *self.env.parameters()]
+        local = [] if self.local_light is None else list(self.local_light.parameters())
+        return [*self.material_net.parameters(), *self.env.parameters(), *local]
 
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
@@ -124,11 +175,17 @@ class PBRField(SDFField):
         return albedo, MIN_ROUGHNESS + (1 - MIN_ROUGHNESS) * m[:, 3], m[:, 4]
 
     def color(
-        self, features: Tensor, dirs: Tensor, normals: Tensor | None = None, visibility: Tensor | None = None
+        self,
+        features: Tensor,
+        dirs: Tensor,
+        normals: Tensor | None = None,
+        visibility: Tensor | None = None,
+        points: Tensor | None = None,
     ) -> Tensor:
         """What ``render_mode`` asks for, (N, 3) in [0, 1]; ``rgb`` is shaded under the learned (or relight) light
         once ``shading == "pbr"``, and comes from the neural head before that. ``visibility`` (N, K): the shadow
-        term from :meth:`shadow_visibility` (None: unshadowed)."""
+        term from :meth:`shadow_visibility` (None: unshadowed). ``points`` (N, 3): the sample positions, for the
+        local light (see :meth:`wants_points`; None: without it)."""
         if self.render_mode not in RENDER_MODES:
             raise NFieldsError(f"render_mode {self.render_mode!r}: choose one of {', '.join(RENDER_MODES)}")
         if self.render_mode == "rgb" and self.shading != "pbr":
@@ -145,8 +202,25 @@ class PBRField(SDFField):
             normals = normals.detach()
         env = self._light()
         shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
-        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow)
+        local = self.local_irradiance(points, normals)
+        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
+
+    def local_irradiance(self, points: Tensor | None, normals: Tensor) -> Tensor | None:
+        """The local light's irradiance at ``points`` (N, 3) -> (N, 3), or None when there is none to add (no local
+        light, no points, or relighting under another map)."""
+        if self.local_light is None or points is None or self.relight_env is not None:
+            return None
+        return self.local_light(points, normals)
+
+    def local_light_fraction(self, points: Tensor, normals: Tensor) -> Tensor:
+        """The local light's share of the diffuse light at surface points (M, 3) with unit normals (M, 3): mean
+        ``E_loc`` over mean environment irradiance (the latter without gradient), a scale-free quantity for
+        ``train.local_light_l1`` to keep small (0 without a local light)."""
+        if self.local_light is None:
+            return points.new_zeros(())
+        env = self.env.irradiance(normals).detach().mean().clamp_min(1e-8)
+        return self.local_light(points, normals).mean() / env
 
     def set_albedo_gain(self, gain: Tensor | None) -> None:
         """Multiply albedo by a per-channel factor (3,) from now on (None: off); not part of the checkpoint."""

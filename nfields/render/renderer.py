@@ -186,6 +186,8 @@ class Renderer(nn.Module):
             kw = {}
             if getattr(self.field, "wants_shadows", lambda: False)():
                 kw["visibility"] = self._shadow_visibility(opacity, depth, normals_out, ri, origins, dirs)
+            if getattr(self.field, "wants_points", lambda: False)():
+                kw["points"] = x
             if len(keep) == len(weights):
                 rgb_s = self.field.color(feat, d, normals, **kw)
             else:

@@ -299,6 +299,7 @@ def shade_pbr(
     env,
     return_parts: bool = False,
     shadow: tuple[Tensor, ShadowLights] | None = None,
+    extra_irradiance: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Split-sum image-based lighting -> linear HDR rgb (N, 3) (formula in the module docstring).
 
@@ -308,7 +309,8 @@ def shade_pbr(
     1e-4, a common guard for SDF normals near silhouettes. Differentiable in every input and in the environment.
     With ``return_parts`` returns ``(rgb, diffuse, specular)``. ``shadow = (visibility (N, K), lights)`` removes
     the blocked part of the light's brightest texels (see :mod:`nfields.render.shadows`): from the irradiance, and
-    from the specular term by the same ratio.
+    from the specular term by the same ratio. ``extra_irradiance`` (N, 3): irradiance added to the diffuse term
+    after shadowing (a field's local light; see :mod:`nfields.fields.pbr`).
     """
     roughness, metallic = _col(roughness), _col(metallic)
     nv = _col((normals * view_dirs).sum(-1)).clamp(1e-4, 1.0)
@@ -320,6 +322,8 @@ def shade_pbr(
         lit = (irradiance - occluded_irradiance(normals, *shadow)).clamp_min(0.0)
         spec_light = spec_light * (lit / irradiance.clamp_min(1e-8)).clamp(0.0, 1.0)
         irradiance = lit
+    if extra_irradiance is not None:
+        irradiance = irradiance + extra_irradiance
     diffuse = albedo * (1 - metallic) * (1 - e_spec) * irradiance / math.pi
     specular = spec_light * e_spec
     rgb = diffuse + specular

@@ -272,8 +272,10 @@ class Trainer:
             eik = self.eikonal_term(out.extras.get("sdf_grad"))
             loss = loss + t.eikonal * eik
             extra = {"eikonal": eik.item(), "inv_s": self.field.inv_s().item()}
-        pbr = getattr(self.field, "shading", "") == "pbr" and t.material_smoothness > 0
-        if pbr or (self.is_sdf and t.normal_smoothness > 0):
+        in_pbr = getattr(self.field, "shading", "") == "pbr"
+        pbr = in_pbr and t.material_smoothness > 0
+        local = in_pbr and getattr(self.field, "local_light", None) is not None  # its share is logged
+        if pbr or local or (self.is_sdf and t.normal_smoothness > 0):
             hit = out.opacity.detach() > 0.5
             if hit.any():
                 rays = batch.rays
@@ -282,6 +284,12 @@ class Trainer:
                     smooth = self.field.material_smoothness(p)
                     loss = loss + t.material_smoothness * smooth
                     extra["material_smoothness"] = smooth.item()
+                if local:
+                    n_hit = out.normals[hit].detach()
+                    share = self.field.local_light_fraction(p, n_hit / n_hit.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+                    if t.local_light_l1 > 0:
+                        loss = loss + t.local_light_l1 * share
+                    extra["local_light"] = share.item()
                 if self.is_sdf and t.normal_smoothness > 0:
                     curv = self.normal_smoothness_term(p[torch.randperm(len(p), device=p.device)[:1024]])
                     loss = loss + t.normal_smoothness * curv
@@ -555,6 +563,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         t = cfg.train
         if t.light_chroma_along not in CHROMA_ALONG:
             raise NFieldsError(f"train.light_chroma_along {t.light_chroma_along!r}: valid: {', '.join(CHROMA_ALONG)}")
+        if t.local_light_l1 < 0:
+            raise NFieldsError(f"train.local_light_l1 {t.local_light_l1}: must be >= 0")
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(
                 f"train.light_warmup_steps {t.light_warmup_steps} / light_chroma_smoothness "
@@ -564,7 +574,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, env_levels=m.env_levels,
             up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
-            shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, **common,
+            shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, local_light=m.local_light,
+            **common,
         )  # fmt: skip
     return SDFField(
         aabb, init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,

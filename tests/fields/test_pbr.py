@@ -141,3 +141,40 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     r.update_grid(0)
     r(rays).rgb.sum().backward()
     assert f.env.log_radiance.grad[4, 10].abs().sum() > 0
+
+
+def test_local_light_adds_albedo_times_its_irradiance_and_relighting_drops_it():
+    """``local_light``: E_loc starts at its small init everywhere and only adds ``albedo (1 - metallic) (1 - E_spec)
+    E_loc / pi`` to the diffuse light (the specular term is untouched); without points, or under a relight map, the
+    shading is the plain environment's; its parameters train in the PBR stage and get gradients."""
+    from nfields.render.shading import shade_pbr, specular_albedo
+
+    f = _field(local_light=True)
+    x, dirs, normals = _inputs()
+    feat = f.geometry(x)[1]
+    e_loc = f.local_light(x, normals)
+    assert e_loc.shape == (256, 3) and torch.allclose(e_loc, torch.full_like(e_loc, 1e-2), atol=1e-6)
+    with torch.no_grad():
+        f.local_light.net[-1].bias.fill_(0.5)  # a visible amount, softplus(0.5) = 0.974
+    e_loc = f.local_light(x, normals)
+    albedo, rough, metal = f.materials(feat)
+    plain = shade_pbr(normals, -dirs, albedo, rough, metal, f.env)
+    nv = (normals * -dirs).sum(-1, keepdim=True).clamp(1e-4, 1.0)
+    f0 = 0.04 * (1 - metal[:, None]) + albedo * metal[:, None]
+    e_spec = specular_albedo(nv, rough[:, None], f0)
+    expected = (plain + albedo * (1 - metal[:, None]) * (1 - e_spec) * e_loc / torch.pi).clamp(0, 1)
+    assert f.wants_points()
+    assert torch.allclose(f.color(feat, dirs, normals, points=x), linear_to_srgb(expected), atol=1e-5)
+    assert torch.allclose(f.color(feat, dirs, normals), linear_to_srgb(plain.clamp(0, 1)), atol=1e-5)
+    f.relight(EnvironmentMap(np.full((8, 16, 3), 2.0, np.float32)))
+    assert not f.wants_points()
+    assert torch.equal(f.color(feat, dirs, normals, points=x), f.color(feat, dirs, normals))
+    f.relight(None)
+    share = f.local_light_fraction(x, normals)
+    assert share.item() == pytest.approx((e_loc.mean() / f.env.irradiance(normals).mean()).item(), rel=1e-5)
+    (f.color(feat, dirs, normals, points=x).sum() + share).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in f.local_light.net[-1].parameters())
+    ids = {id(p) for p in f.stage_parameters()}
+    assert all(id(p) in ids for p in f.local_light.parameters())
+    assert _field().local_light is None and not _field().wants_points()
+    assert _field().local_light_fraction(x, normals).item() == 0.0

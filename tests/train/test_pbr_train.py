@@ -162,3 +162,25 @@ def test_light_warmup_trains_only_the_light_first(pbr_scene, tmp_path):
     moved = {n for n, p in trainer.field.named_parameters() if not torch.equal(after[n], p.detach())}
     assert "env.log_radiance" in moved and any(n.startswith("material_net") for n in moved)
     assert any(not n.startswith(("env", "material_net")) for n in moved)
+
+
+def test_local_light_trains_in_the_pbr_stage_and_reports_its_share(pbr_scene, tmp_path):
+    overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=12", "train.pbr_start=4",
+                 "model.local_light=true", "train.local_light_l1=0.1"]  # fmt: skip
+    cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
+    trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "local"), progress=False)
+    local = {id(p) for p in trainer.field.local_light.parameters()}
+    stage = [g for g in trainer.optimizer.param_groups if g.get("stage") == "pbr"]
+    assert local <= {id(p) for g in stage for p in g["params"]}
+    before = {n: p.detach().clone() for n, p in trainer.field.local_light.named_parameters()}
+    shares = []
+    for _ in range(8):
+        stats = trainer.train_step()
+        trainer.step += 1
+        shares.append(stats.get("local_light"))
+    assert shares[:4] == [None] * 4  # the neural stage has no local light
+    assert all(s is not None and 0 < s < 0.1 for s in shares[4:])  # starts at ~1e-2 / (pi x the grey light)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.field.local_light.named_parameters())
+    with pytest.raises(NFieldsError, match="train.local_light_l1 -1"):
+        Trainer(build_config(str(pbr_scene), "hashgrid", "tiny", [*overrides, "train.local_light_l1=-1"]),
+                new_run_dir(tmp_path / "runs", "bad"), progress=False)  # fmt: skip
