@@ -23,7 +23,10 @@ Local light (``local_light``): a distant environment lights every point alike, w
 lamps near the object (DTU's LED rig), light bounced between its own surfaces, a room rather than a sky. Those
 reach the diffuse term through a spatially varying irradiance ``E_loc(x, n)`` added to the environment's
 (:class:`LocalIrradiance`: a small MLP of a low-frequency positional encoding of x and degree-2 spherical harmonics
-of n, starting near 0), multiplied by the albedo like any irradiance, so albedo stays a material. It is smooth by
+of n gives a non-negative factor, times the irradiance a constant sky of the learned light's mean radiance would
+give -- so it is in the learned light's units whatever scale that drifts to -- starting at 0.1 everywhere and
+learning at 10x the rate, like the light), multiplied by the albedo like any irradiance, so albedo stays a
+material. It is smooth by
 construction (3 octaves across the box) so it cannot take over the albedo's texture, and ``train.local_light_l1``
 asks it to explain as little as it can. Relighting drops it: it belongs to the capture's light, not the scene
 (the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
@@ -51,12 +54,14 @@ MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
 
 
 class LocalIrradiance(nn.Module):
-    """Spatially varying diffuse irradiance ``E_loc(x, n)`` (N, 3) >= 0 (see the module docstring): a ReLU MLP
-    (``hidden`` wide, ``layers`` deep) of the positional encoding of x normalised to the box (``n_freqs``
+    """The local light's relative irradiance ``E_loc(x, n) / E_ref`` (N, 3) >= 0 (see the module docstring): a ReLU
+    MLP (``hidden`` wide, ``layers`` deep) of the positional encoding of x normalised to the box (``n_freqs``
     octaves) and the degree-2 spherical harmonics of the unit normal n, then softplus. Starts at ``init``
-    everywhere (the last layer's weights are zero)."""
+    everywhere (the last layer's weights are zero); trains at ``lr_mult`` times the base learning rate."""
 
-    def __init__(self, aabb, n_freqs: int = 3, hidden: int = 32, layers: int = 2, init: float = 1e-2):
+    def __init__(
+        self, aabb, n_freqs: int = 3, hidden: int = 32, layers: int = 2, init: float = 0.1, lr_mult: float = 10.0
+    ):
         super().__init__()
         if n_freqs < 0 or init <= 0:
             raise NFieldsError(f"LocalIrradiance: n_freqs {n_freqs} must be >= 0 and init {init} > 0")
@@ -67,9 +72,14 @@ class LocalIrradiance(nn.Module):
         with torch.no_grad():
             self.net[-1].weight.zero_()
             self.net[-1].bias.fill_(init + torch.log(-torch.expm1(torch.tensor(-init))).item())  # softplus^-1
+        self.lr_mult = float(lr_mult)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """One optimiser group at ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
+        return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
 
     def forward(self, x: Tensor, normals: Tensor) -> Tensor:
-        """Points (N, 3) and unit normals (N, 3) -> irradiance (N, 3)."""
+        """Points (N, 3) and unit normals (N, 3) -> relative irradiance (N, 3)."""
         lo, hi = self.aabb[:3].to(x), self.aabb[3:].to(x)
         u = (x - lo) / (hi - lo) * 2 - 1
         return F.softplus(self.net(torch.cat([self.pos_enc(u), self.sh(normals)], -1)))
@@ -211,7 +221,8 @@ class PBRField(SDFField):
         light, no points, or relighting under another map)."""
         if self.local_light is None or points is None or self.relight_env is not None:
             return None
-        return self.local_light(points, normals)
+        reference = torch.pi * self.env.texels().detach().mean()  # a constant sky of the light's mean radiance
+        return self.local_light(points, normals) * reference
 
     def local_light_fraction(self, points: Tensor, normals: Tensor) -> Tensor:
         """The local light's share of the diffuse light at surface points (M, 3) with unit normals (M, 3): mean
@@ -220,7 +231,7 @@ class PBRField(SDFField):
         if self.local_light is None:
             return points.new_zeros(())
         env = self.env.irradiance(normals).detach().mean().clamp_min(1e-8)
-        return self.local_light(points, normals).mean() / env
+        return self.local_irradiance(points, normals).mean() / env
 
     def set_albedo_gain(self, gain: Tensor | None) -> None:
         """Multiply albedo by a per-channel factor (3,) from now on (None: off); not part of the checkpoint."""

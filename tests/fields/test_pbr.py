@@ -3,6 +3,8 @@ materials and light, and relighting swaps the light without touching the checkpo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,19 +146,22 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
 
 
 def test_local_light_adds_albedo_times_its_irradiance_and_relighting_drops_it():
-    """``local_light``: E_loc starts at its small init everywhere and only adds ``albedo (1 - metallic) (1 - E_spec)
-    E_loc / pi`` to the diffuse light (the specular term is untouched); without points, or under a relight map, the
-    shading is the plain environment's; its parameters train in the PBR stage and get gradients."""
+    """``local_light``: E_loc starts at 0.1 x the irradiance of a constant sky of the light's mean radiance
+    everywhere and only adds ``albedo (1 - metallic) (1 - E_spec) E_loc / pi`` to the diffuse light (the specular
+    term is untouched); without points, or under a relight map, the shading is the plain environment's; its
+    parameters train in the PBR stage (10x lr) and get gradients."""
     from nfields.render.shading import shade_pbr, specular_albedo
 
     f = _field(local_light=True)
     x, dirs, normals = _inputs()
     feat = f.geometry(x)[1]
-    e_loc = f.local_light(x, normals)
-    assert e_loc.shape == (256, 3) and torch.allclose(e_loc, torch.full_like(e_loc, 1e-2), atol=1e-6)
+    with torch.no_grad():
+        f.env.log_radiance.fill_(math.log(0.5))
+    e_loc = f.local_irradiance(x, normals)
+    assert e_loc.shape == (256, 3) and torch.allclose(e_loc, torch.full_like(e_loc, 0.1 * math.pi * 0.5), atol=1e-5)
     with torch.no_grad():
         f.local_light.net[-1].bias.fill_(0.5)  # a visible amount, softplus(0.5) = 0.974
-    e_loc = f.local_light(x, normals)
+    e_loc = f.local_irradiance(x, normals)
     albedo, rough, metal = f.materials(feat)
     plain = shade_pbr(normals, -dirs, albedo, rough, metal, f.env)
     nv = (normals * -dirs).sum(-1, keepdim=True).clamp(1e-4, 1.0)
@@ -176,5 +181,6 @@ def test_local_light_adds_albedo_times_its_irradiance_and_relighting_drops_it():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in f.local_light.net[-1].parameters())
     ids = {id(p) for p in f.stage_parameters()}
     assert all(id(p) in ids for p in f.local_light.parameters())
+    assert f.local_light.param_groups(0.01)[0]["lr"] == pytest.approx(0.1)
     assert _field().local_light is None and not _field().wants_points()
     assert _field().local_light_fraction(x, normals).item() == 0.0
