@@ -147,6 +147,10 @@ class TrainConfig:
     light_chroma_along: str = "uv"
     """pbr shading: the colour prior compares neighbours along uv (azimuth and elevation) or u (azimuth only: the
     light's colour may change with elevation -- a blue sky above, a brown ground below -- but not around it)."""
+    albedo_warm_start: float = 0.0
+    """pbr shading: during the neural stage, weight of a fit of the material head's albedo (as sRGB) to the observed
+    pixel colour at each ray's surface point (geometry features held), so the PBR stage starts from the images'
+    colours under the grey starting light instead of an untrained head (0 = off)."""
     local_light_l1: float = 0.0
     """pbr with model.local_light: weight of the local light's share of the diffuse light at surface points (its
     mean irradiance over the environment's), so the distant light explains what it can (0 = no penalty)."""

@@ -38,6 +38,7 @@ from nfields.fields.radiance import RadianceField
 from nfields.fields.sdf import COLOR_DIRS, DETACH_COLOR_NORMALS, SDFField, eikonal_loss
 from nfields.render.envmap import CHROMA_ALONG
 from nfields.render.renderer import Renderer
+from nfields.render.shading import linear_to_srgb
 from nfields.train.checkpoint import MetricsLog, list_checkpoints, load_checkpoint, save_checkpoint
 from nfields.train.metrics import psnr, ssim
 
@@ -275,7 +276,8 @@ class Trainer:
         in_pbr = getattr(self.field, "shading", "") == "pbr"
         pbr = in_pbr and t.material_smoothness > 0
         local = in_pbr and getattr(self.field, "local_light", None) is not None  # its share is logged
-        if pbr or local or (self.is_sdf and t.normal_smoothness > 0):
+        warm = t.albedo_warm_start > 0 and self.cfg.model.shading == "pbr" and not in_pbr
+        if pbr or local or warm or (self.is_sdf and t.normal_smoothness > 0):
             hit = out.opacity.detach() > 0.5
             if hit.any():
                 rays = batch.rays
@@ -284,6 +286,13 @@ class Trainer:
                     smooth = self.field.material_smoothness(p)
                     loss = loss + t.material_smoothness * smooth
                     extra["material_smoothness"] = smooth.item()
+                if warm:
+                    # The material head learns the observed colours (geometry features held) before it shades.
+                    with torch.no_grad():
+                        feat = self.field.geometry(p)[1]
+                    fit = F.mse_loss(linear_to_srgb(self.field.materials(feat)[0]), target[hit])
+                    loss = loss + t.albedo_warm_start * fit
+                    extra["albedo_warm_start"] = fit.item()
                 if local:
                     n_hit = out.normals[hit].detach()
                     share = self.field.local_light_fraction(p, n_hit / n_hit.norm(dim=-1, keepdim=True).clamp_min(1e-8))
@@ -563,8 +572,10 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         t = cfg.train
         if t.light_chroma_along not in CHROMA_ALONG:
             raise NFieldsError(f"train.light_chroma_along {t.light_chroma_along!r}: valid: {', '.join(CHROMA_ALONG)}")
-        if t.local_light_l1 < 0:
-            raise NFieldsError(f"train.local_light_l1 {t.local_light_l1}: must be >= 0")
+        if t.local_light_l1 < 0 or t.albedo_warm_start < 0:
+            raise NFieldsError(
+                f"train.local_light_l1 {t.local_light_l1} / albedo_warm_start {t.albedo_warm_start}: must be >= 0"
+            )
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(
                 f"train.light_warmup_steps {t.light_warmup_steps} / light_chroma_smoothness "

@@ -186,3 +186,22 @@ def test_local_light_trains_in_the_pbr_stage_and_reports_its_share(pbr_scene, tm
     with pytest.raises(NFieldsError, match="train.local_light_l1 -1"):
         Trainer(build_config(str(pbr_scene), "hashgrid", "tiny", [*overrides, "train.local_light_l1=-1"]),
                 new_run_dir(tmp_path / "runs", "bad"), progress=False)  # fmt: skip
+
+
+def test_albedo_warm_start_fits_the_material_head_in_the_neural_stage_only(pbr_scene, tmp_path):
+    overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=40", "train.pbr_start=30",
+                 "train.albedo_warm_start=1"]  # fmt: skip
+    cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
+    trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "warmstart"), progress=False)
+    fits = []
+    for _ in range(32):
+        stats = trainer.train_step()
+        trainer.step += 1
+        fits.append(stats.get("albedo_warm_start"))
+    assert trainer.field.shading == "pbr" and fits[-1] is None  # the PBR stage has no fit
+    seen = [f for f in fits[:30] if f is not None]
+    assert len(seen) >= 20, fits  # every neural step with a surface hit
+    assert sum(seen[-5:]) / 5 < 0.5 * sum(seen[:5]) / 5, fits  # the head learns the colours
+    with pytest.raises(NFieldsError, match="albedo_warm_start -1"):
+        Trainer(build_config(str(pbr_scene), "hashgrid", "tiny", [*overrides, "train.albedo_warm_start=-1"]),
+                new_run_dir(tmp_path / "runs", "bad"), progress=False)  # fmt: skip
