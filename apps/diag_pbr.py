@@ -4,6 +4,7 @@
     python apps/diag_pbr.py noise --spp 128         # how noisy the demo's ground truth is at a sample count
     python apps/diag_pbr.py light RUN OUT.png       # learned light next to the scene's light, and their chroma
     python apps/diag_pbr.py albedo-bias RUN         # aligned albedo error by the surface's facing (up / down)
+    python apps/diag_pbr.py profile RUN --steps 10  # where a training step's time goes, at the run's last step
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -23,6 +24,11 @@ chromaticity error of the upper and lower hemispheres.
 channel, binned by the up component of the true normal (generated scenes' up is z): a light whose colour is wrong
 above or below the horizon shows up as an albedo tint that follows the facing (e.g. too blue on up-facing
 surfaces, too little blue on down-facing ones).
+
+``profile``: reopens RUN at its last checkpoint (nothing written; a fresh optimiser state), runs ``--warmup`` steps,
+then profiles ``--steps`` training steps with torch.profiler: wall seconds per step, the inclusive time of each
+stage of a step (marching and the SDF cull, the SDF with its gradient, colour / shading, shadows, the priors,
+backward, optimiser) and the operators with the most self time.
 """
 
 from __future__ import annotations
@@ -179,6 +185,76 @@ def noise(spp: int) -> None:
           f"{(time.perf_counter() - t0) / 2:.2f} s per view")  # fmt: skip
 
 
+# Stages of a training step for ``profile``: (label, owner, attribute); each is wrapped in a record_function.
+_STAGES = [
+    ("march", "nfields.render.renderer", "march_rays"),
+    ("sdf cull (no grad)", "nfields.render.renderer:Renderer", "_visible"),
+    ("sdf + gradient", "nfields.render.renderer:Renderer", "_sdf_and_gradient"),
+    ("shadows", "nfields.render.renderer:Renderer", "_shadow_visibility"),
+    ("colour / shading", "nfields.fields.pbr:PBRField", "color"),
+    ("  irradiance table", "nfields.render.envmap:LearnedEnvironment", "irradiance_table"),
+    ("  pre-filtered levels", "nfields.render.envmap:LearnedEnvironment", "prefiltered_levels"),
+    ("  shade_pbr", "nfields.fields.pbr", "shade_pbr"),
+    ("material smoothness", "nfields.fields.pbr:PBRField", "material_smoothness"),
+    ("eikonal term", "nfields.train.trainer:Trainer", "eikonal_term"),
+    ("occupancy / shadow grid update", "nfields.render.renderer:Renderer", "update_grid"),
+    ("backward", "torch.Tensor", "backward"),
+    ("optimizer step", "torch.optim:Adam", "step"),
+]
+
+
+def _wrap_stages() -> list:
+    """Wrap each of ``_STAGES`` in a ``record_function`` of its label; returns the undo list."""
+    import importlib
+
+    undo = []
+    for label, owner, attr in _STAGES:
+        if owner == "torch.Tensor":
+            target = torch.Tensor
+        else:
+            mod, _, cls = owner.partition(":")
+            target = importlib.import_module(mod)
+            target = getattr(target, cls) if cls else target
+        orig = getattr(target, attr)
+
+        def wrapped(*a, _orig=orig, _label=label, **k):
+            with torch.profiler.record_function(_label):
+                return _orig(*a, **k)
+
+        setattr(target, attr, wrapped)
+        undo.append((target, attr, orig))
+    return undo
+
+
+def profile(run: Path, steps: int = 10, warmup: int = 3, top: int = 20) -> None:
+    """Print where a training step of ``run`` spends its time (see the module docstring)."""
+    from nfields.train.render_run import open_run
+
+    undo = _wrap_stages()
+    try:
+        tr = open_run(run)
+        for _ in range(warmup):
+            tr.train_step()
+            tr.step += 1
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                stats = tr.train_step()
+                tr.step += 1
+        wall = (time.perf_counter() - t0) / steps
+    finally:
+        for target, attr, orig in undo:
+            setattr(target, attr, orig)
+    print(f"{run}: step {tr.step}, {wall:.3f} s per step (profiled), {stats['n_rays']} rays, "
+          f"{stats['samples_per_ray']:.1f} samples/ray")  # fmt: skip
+    events = {e.key: e for e in prof.key_averages()}
+    print("stage | ms per step (inclusive)")
+    for label, _, _ in _STAGES:
+        if label in events:
+            print(f"{label} | {events[label].cpu_time_total / 1e3 / steps:.1f}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -190,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     pl.add_argument("out", type=Path)
     pb = sub.add_parser("albedo-bias")
     pb.add_argument("run", type=Path)
+    pp = sub.add_parser("profile")
+    pp.add_argument("run", type=Path)
+    pp.add_argument("--steps", type=int, default=10)
+    pp.add_argument("--warmup", type=int, default=3)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -198,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.cmd == "noise":
             noise(args.spp)
+        elif args.cmd == "profile":
+            profile(args.run, args.steps, args.warmup)
         elif args.cmd == "albedo-bias":
             albedo_bias(args.run)
         else:
