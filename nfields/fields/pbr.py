@@ -227,11 +227,11 @@ class PBRField(SDFField):
     def local_light_fraction(self, points: Tensor, normals: Tensor) -> Tensor:
         """The local light's share of the diffuse light at surface points (M, 3) with unit normals (M, 3): mean
         ``E_loc`` over mean environment irradiance (the latter without gradient), a scale-free quantity for
-        ``train.local_light_l1`` to keep small (0 without a local light)."""
-        if self.local_light is None:
+        ``train.local_light_l1`` to keep small (0 without a local light, or while relighting)."""
+        local = self.local_irradiance(points, normals)
+        if local is None:
             return points.new_zeros(())
-        env = self.env.irradiance(normals).detach().mean().clamp_min(1e-8)
-        return self.local_irradiance(points, normals).mean() / env
+        return local.mean() / self.env.irradiance(normals).detach().mean().clamp_min(1e-8)
 
     def set_albedo_gain(self, gain: Tensor | None) -> None:
         """Multiply albedo by a per-channel factor (3,) from now on (None: off); not part of the checkpoint."""
