@@ -26,10 +26,9 @@ reach the diffuse term through a spatially varying irradiance ``E_loc(x, n)`` ad
 of n gives a non-negative factor, times the irradiance a constant sky of the learned light's mean radiance would
 give -- so it is in the learned light's units whatever scale that drifts to -- starting at 0.1 everywhere and
 learning at 10x the rate, like the light), multiplied by the albedo like any irradiance, so albedo stays a
-material. It is smooth by
-construction (3 octaves across the box) so it cannot take over the albedo's texture, and ``train.local_light_l1``
-asks it to explain as little as it can. Relighting drops it: it belongs to the capture's light, not the scene
-(the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
+material. It is smooth by construction (3 octaves across the box) so it cannot take over the albedo's texture, and
+``train.local_light_l1`` asks it to explain as little as it can. Relighting drops it: it belongs to the capture's
+light, not the scene (the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
 
 ``render_mode`` selects what :meth:`color` returns for the renderer to composite: ``rgb`` (shaded, sRGB),
 ``albedo`` (sRGB), ``roughness``, ``metallic`` (grey, linear) -- the material maps for evaluation and the viewer.
@@ -55,17 +54,14 @@ MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
 
 class LocalIrradiance(nn.Module):
     """The local light's relative irradiance ``E_loc(x, n) / E_ref`` (N, 3) >= 0 (see the module docstring): a ReLU
-    MLP (``hidden`` wide, ``layers`` deep) of the positional encoding of x normalised to the box (``n_freqs``
+    MLP (``hidden`` wide, ``layers`` deep) of the positional encoding of x in the box's [-1, 1]^3 (``n_freqs``
     octaves) and the degree-2 spherical harmonics of the unit normal n, then softplus. Starts at ``init``
     everywhere (the last layer's weights are zero); trains at ``lr_mult`` times the base learning rate."""
 
-    def __init__(
-        self, aabb, n_freqs: int = 3, hidden: int = 32, layers: int = 2, init: float = 0.1, lr_mult: float = 10.0
-    ):
+    def __init__(self, n_freqs: int = 3, hidden: int = 32, layers: int = 2, init: float = 0.1, lr_mult: float = 10.0):
         super().__init__()
         if n_freqs < 0 or init <= 0:
             raise NFieldsError(f"LocalIrradiance: n_freqs {n_freqs} must be >= 0 and init {init} > 0")
-        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(6).clone(), persistent=False)
         self.pos_enc = PositionalEncoding(3, n_freqs)
         self.sh = SphericalHarmonics(3)
         self.net = mlp(self.pos_enc.out_dim + self.sh.out_dim, hidden, layers, 3)
@@ -79,10 +75,9 @@ class LocalIrradiance(nn.Module):
         return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
 
     def forward(self, x: Tensor, normals: Tensor) -> Tensor:
-        """Points (N, 3) and unit normals (N, 3) -> relative irradiance (N, 3)."""
-        lo, hi = self.aabb[:3].to(x), self.aabb[3:].to(x)
-        u = (x - lo) / (hi - lo) * 2 - 1
-        return F.softplus(self.net(torch.cat([self.pos_enc(u), self.sh(normals)], -1)))
+        """Points (N, 3) in [-1, 1]^3 (:meth:`~nfields.fields.base.Field.normalize`) and unit normals (N, 3) ->
+        relative irradiance (N, 3)."""
+        return F.softplus(self.net(torch.cat([self.pos_enc(x), self.sh(normals)], -1)))
 
 
 class PBRField(SDFField):
@@ -131,7 +126,7 @@ class PBRField(SDFField):
             )
         self.shadow_lights = int(shadow_lights)
         object.__setattr__(self, "shadow_volume", ShadowVolume(self.aabb, shadow_resolution) if shadow_lights else None)
-        self.local_light = LocalIrradiance(self.aabb) if local_light else None
+        self.local_light = LocalIrradiance() if local_light else None
 
     def wants_shadows(self) -> bool:
         """True when the next :meth:`color` call shades with shadows (pbr stage, rgb mode, shadows on)."""
@@ -142,9 +137,9 @@ class PBRField(SDFField):
         rgb mode, under the learned light)."""
         return (
             self.local_light is not None
-            and self.shading == "pbr"
-            and self.render_mode == "rgb"
             and self.relight_env is None
+            and self.shading == "pbr"
+            and (self.render_mode == "rgb")
         )
 
     def update_shadows(self) -> None:
@@ -222,7 +217,7 @@ class PBRField(SDFField):
         if self.local_light is None or points is None or self.relight_env is not None:
             return None
         reference = torch.pi * self.env.texels().detach().mean()  # a constant sky of the light's mean radiance
-        return self.local_light(points, normals) * reference
+        return self.local_light(self.normalize(points), normals) * reference
 
     def local_light_fraction(self, points: Tensor, normals: Tensor) -> Tensor:
         """The local light's share of the diffuse light at surface points (M, 3) with unit normals (M, 3): mean

@@ -303,7 +303,7 @@ class Trainer:
                     curv = self.normal_smoothness_term(p[torch.randperm(len(p), device=p.device)[:1024]])
                     loss = loss + t.normal_smoothness * curv
                     extra["normal_smoothness"] = curv.item()
-        if getattr(self.field, "shading", "") == "pbr" and t.light_chroma_smoothness > 0:
+        if in_pbr and t.light_chroma_smoothness > 0:
             chroma = self.field.env.chroma_variation(t.light_chroma_along)
             loss = loss + t.light_chroma_smoothness * chroma
             extra["light_chroma"] = chroma.item()
