@@ -141,8 +141,9 @@ def surface_normals_and_features(field, x: Tensor) -> tuple[Tensor, Tensor]:
 def field_color(field, x: Tensor) -> Tensor:
     """The field's colour (M,3) in [0,1] (sRGB-encoded, as the training photos) seen head-on at points x (M,3)."""
     n, feat = surface_normals_and_features(field, x)
+    kw = {"points": x} if getattr(field, "wants_points", lambda: False)() else {}
     with torch.no_grad():
-        return field.color(feat, -n, n).clamp(0.0, 1.0)
+        return field.color(feat, -n, n, **kw).clamp(0.0, 1.0)
 
 
 def material_fn_for(field) -> tuple[Callable[[Tensor], dict[str, Tensor]], str]:
@@ -153,7 +154,7 @@ def material_fn_for(field) -> tuple[Callable[[Tensor], dict[str, Tensor]], str]:
         def from_materials(x: Tensor) -> dict[str, Tensor]:
             n, feat = surface_normals_and_features(field, x)
             with torch.no_grad():
-                albedo, roughness, metallic = materials(feat)
+                albedo, roughness, metallic = materials(feat, x)
             return {"albedo": albedo, "roughness": roughness, "metallic": metallic, "normal": n}
 
         return from_materials, "field"

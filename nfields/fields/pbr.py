@@ -30,6 +30,13 @@ material. It is smooth by construction (3 octaves across the box) so it cannot t
 ``train.local_light_l1`` asks it to explain as little as it can. Relighting drops it: it belongs to the capture's
 light, not the scene (the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
 
+Material grid (``material_grid`` > 0): the material head reads, besides the geometry features, its own hash grid
+at the point (8 levels, 2 features each, finest ``material_grid`` cells across the box). The geometry features were
+shaped by the neural colour head and learn slowly once the surface has settled (the shared learning rate has
+decayed by the PBR stage); a grid of its own lets the albedo hold texture the features do not (windows, tiles,
+printed patterns), as nvdiffrec's and NeRO's material grids do. The grid belongs to the PBR stage's parameters
+(with ``train.albedo_warm_start`` it already learns during the neural stage).
+
 ``render_mode`` selects what :meth:`color` returns for the renderer to composite: ``rgb`` (shaded, sRGB),
 ``albedo`` (sRGB), ``roughness``, ``metallic`` (grey, linear) -- the material maps for evaluation and the viewer.
 """
@@ -41,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfields.encodings.frequency import PositionalEncoding
+from nfields.encodings.hashgrid import HashGridEncoding
 from nfields.encodings.sh import SphericalHarmonics
 from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
@@ -89,6 +97,7 @@ class PBRField(SDFField):
     that many grids), ``up_axis`` of the environment (``"-y"`` for
     DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
     ``shadow_resolution`` (cached SDF lattice), ``local_light`` (add a :class:`LocalIrradiance`; see the module
+    docstring), ``material_grid`` (finest resolution of the material head's own hash grid, 0 = none; see the module
     docstring).
     """
 
@@ -105,11 +114,20 @@ class PBRField(SDFField):
         shadow_lights: int = 0,
         shadow_resolution: int = 64,
         local_light: bool = False,
+        material_grid: int = 0,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
         geo_feat_dim = self.color_net[0].in_features - 3 - self.dir_enc.out_dim
-        self.material_net = mlp(geo_feat_dim, material_hidden, material_layers, 5)
+        if material_grid < 0:
+            raise NFieldsError(f"model.material_grid {material_grid}: must be >= 0 (0 = no material grid)")
+        self.material_grid = (
+            HashGridEncoding(3, levels=8, features_per_level=2, log2_table=17, base_res=16, finest_res=material_grid)
+            if material_grid
+            else None
+        )
+        grid_dim = 0 if self.material_grid is None else self.material_grid.out_dim
+        self.material_net = mlp(geo_feat_dim + grid_dim, material_hidden, material_layers, 5)
         self.env = LearnedEnvironment(
             env_height, 2 * env_height, init=env_init, up_axis=up_axis, lr_mult=env_lr_mult, levels=env_levels
         )
@@ -133,14 +151,12 @@ class PBRField(SDFField):
         return self.shadow_volume is not None and self.shading == "pbr" and self.render_mode == "rgb"
 
     def wants_points(self) -> bool:
-        """True when the next :meth:`color` call needs the sample positions (the local light, in the pbr stage's
-        rgb mode, under the learned light)."""
-        return (
-            self.local_light is not None
-            and self.relight_env is None
-            and self.shading == "pbr"
-            and (self.render_mode == "rgb")
-        )
+        """True when the next :meth:`color` call needs the sample positions: the material grid, whenever materials
+        are asked for (pbr stage or a material render mode); the local light, in the pbr stage's rgb mode under
+        the learned light."""
+        materials = self.shading == "pbr" or self.render_mode != "rgb"
+        local = self.local_light is not None and self.relight_env is None and self.render_mode == "rgb"
+        return materials and (self.material_grid is not None or (local and self.shading == "pbr"))
 
     def update_shadows(self) -> None:
         """Re-sample the SDF into the shadow lattice (the renderer does it with each occupancy-grid update); a no-op
@@ -164,15 +180,23 @@ class PBRField(SDFField):
         """The parameters that only the PBR stage trains (material head and light); the trainer gives them a
         learning-rate schedule that starts when that stage does."""
         local = [] if self.local_light is None else list(self.local_light.parameters())
-        return [*self.material_net.parameters(), *self.env.parameters(), *local]
+        grid = [] if self.material_grid is None else list(self.material_grid.parameters())
+        return [*self.material_net.parameters(), *grid, *self.env.parameters(), *local]
 
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
         None goes back to the learned one."""
         object.__setattr__(self, "relight_env", env)
 
-    def materials(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Albedo (N, 3) linear in [0.03, 1], roughness (N,) in [0.08, 1], metallic (N,) in [0, 1]."""
+    def materials(self, features: Tensor, points: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Albedo (N, 3) linear in [0.03, 1], roughness (N,) in [0.08, 1], metallic (N,) in [0, 1] from geometry
+        features (N, F) and, with a material grid, the world points (N, 3) they were taken at."""
+        if self.material_grid is not None:
+            if points is None:
+                raise NFieldsError(
+                    "PBRField.materials: this field has a material grid (model.material_grid) and needs the points"
+                )
+            features = torch.cat([features, self.material_grid((self.normalize(points) + 1.0) * 0.5)], -1)
         m = torch.sigmoid(self.material_net(features))
         albedo = MIN_ALBEDO + (1 - MIN_ALBEDO) * m[:, :3]
         if self.albedo_gain is not None:
@@ -195,7 +219,7 @@ class PBRField(SDFField):
             raise NFieldsError(f"render_mode {self.render_mode!r}: choose one of {', '.join(RENDER_MODES)}")
         if self.render_mode == "rgb" and self.shading != "pbr":
             return super().color(features, dirs, normals)
-        albedo, rough, metal = self.materials(features)
+        albedo, rough, metal = self.materials(features, points)
         if self.render_mode == "albedo":
             return linear_to_srgb(albedo)
         if self.render_mode in ("roughness", "metallic"):
@@ -236,7 +260,7 @@ class PBRField(SDFField):
         """Mean |m(x) - m(x + delta)| of albedo, roughness and metallic at points x (N, 3), delta ~ N(0, eps^2):
         materials should change at edges, not everywhere (MatDecompSDF's smoothness prior)."""
         both = torch.cat([x, x + eps * torch.randn_like(x)], 0)
-        a, r, m = self.materials(self.geometry(both)[1])
+        a, r, m = self.materials(self.geometry(both)[1], both)
         mats = torch.cat([a, r[:, None], m[:, None]], -1)
         n = x.shape[0]
         return (mats[:n] - mats[n:]).abs().mean()

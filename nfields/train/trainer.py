@@ -290,7 +290,7 @@ class Trainer:
                     # The material head learns the observed colours (geometry features held) before it shades.
                     with torch.no_grad():
                         feat = self.field.geometry(p)[1]
-                    fit = F.mse_loss(linear_to_srgb(self.field.materials(feat)[0]), target[hit])
+                    fit = F.mse_loss(linear_to_srgb(self.field.materials(feat, p)[0]), target[hit])
                     loss = loss + t.albedo_warm_start * fit
                     extra["albedo_warm_start"] = fit.item()
                 if local:
@@ -586,6 +586,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, local_light=m.local_light,
+            material_grid=m.material_grid,
             **common,
         )  # fmt: skip
     return SDFField(

@@ -184,3 +184,43 @@ def test_local_light_adds_albedo_times_its_irradiance_and_relighting_drops_it():
     assert f.local_light.param_groups(0.01)[0]["lr"] == pytest.approx(0.1)
     assert _field().local_light is None and not _field().wants_points()
     assert _field().local_light_fraction(x, normals).item() == 0.0
+
+
+def test_material_grid_needs_points_trains_with_the_stage_and_holds_texture():
+    """``material_grid``: the material head also reads its own hash grid at the point. It asks for the points, its
+    parameters train with the PBR stage, and it fits an albedo checker that smooth geometry features cannot."""
+    with pytest.raises(NFieldsError, match="model.material_grid -1"):
+        _field(material_grid=-1)
+    f = _field(material_grid=64)
+    x, dirs, normals = _inputs()
+    feat = f.geometry(x)[1]
+    with pytest.raises(NFieldsError, match="needs the points"):
+        f.materials(feat)
+    assert f.wants_points() and not _field().wants_points()
+    f.shading = "neural"
+    assert not f.wants_points()  # the neural head's rgb needs no materials ...
+    f.render_mode = "albedo"
+    assert f.wants_points()  # ... an albedo view does
+    f.shading, f.render_mode = "pbr", "rgb"
+    f.color(feat, dirs, normals, points=x).mean().backward()
+    ids = {id(p) for p in f.stage_parameters()}
+    assert all(id(p) in ids and p.grad.abs().sum() > 0 for p in f.material_grid.parameters())
+
+    # A checker of 8 cells across the box, seen through fixed features: with and without the grid.
+    torch.manual_seed(1)
+    pts = torch.rand(4096, 3) * 1.6 - 0.8
+    target = torch.floor(pts * 4.0).sum(-1).remainder(2.0)[:, None].expand(-1, 3) * 0.8 + 0.1
+    errors = {}
+    for grid in (0, 64):
+        g = _field(material_grid=grid)
+        with torch.no_grad():
+            feats = g.geometry(pts)[1]
+        params = [*g.material_net.parameters(), *([] if grid == 0 else g.material_grid.parameters())]
+        opt = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(150):
+            loss = torch.nn.functional.mse_loss(g.materials(feats, pts)[0], target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        errors[grid] = loss.item()
+    assert errors[64] < 0.25 * errors[0] and errors[64] < 0.03, errors

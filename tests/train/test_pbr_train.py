@@ -190,7 +190,7 @@ def test_local_light_trains_in_the_pbr_stage_and_reports_its_share(pbr_scene, tm
 
 def test_albedo_warm_start_fits_the_material_head_in_the_neural_stage_only(pbr_scene, tmp_path):
     overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=40", "train.pbr_start=30",
-                 "train.albedo_warm_start=1"]  # fmt: skip
+                 "train.albedo_warm_start=1", "model.material_grid=32"]  # fmt: skip
     cfg = build_config(str(pbr_scene), "hashgrid", "tiny", overrides)
     trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", "warmstart"), progress=False)
     fits = []
