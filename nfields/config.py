@@ -93,6 +93,9 @@ class ModelConfig:
     """pbr: add a smooth, spatially varying diffuse irradiance E(x, n) to the environment's -- near lamps and light
     bounced between surfaces, which a distant light cannot give (real captures such as DTU); dropped when relighting
     (see fields/pbr.py)."""
+    view_gain: bool = False
+    """Learn an RGB gain per training view on the rendered foreground (captures whose views differ in light or
+    exposure, e.g. DTU's lamps shadowed by the robot in some views); training loss only (see fields/capture.py)."""
     material_grid: int = 0
     """pbr: give the material head its own hash grid (8 levels, finest this many cells across the box) besides the
     geometry features, for albedo texture the features do not hold; 0 = features only (see fields/pbr.py)."""

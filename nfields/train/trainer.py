@@ -34,6 +34,7 @@ from nfields.data import load_scene
 from nfields.data.rays import RayBatcher
 from nfields.errors import NFieldsError
 from nfields.fields import count_parameters, param_groups
+from nfields.fields.capture import ViewGain
 from nfields.fields.radiance import RadianceField
 from nfields.fields.sdf import COLOR_DIRS, DETACH_COLOR_NORMALS, SDFField, eikonal_loss
 from nfields.render.envmap import CHROMA_ALONG
@@ -124,6 +125,9 @@ class Trainer:
         self.background = bg
 
         self.field = build_field(cfg, self.scene.aabb)
+        if cfg.model.view_gain:
+            # Part of the field's state (saved and resumed with it), used only by the training loss.
+            self.field.view_gain = ViewGain(len(self.scene.images), self.scene.train_ids)
         self.renderer = Renderer(self.field, cfg.render, near=self.scene.near, far=self.scene.far)
         groups = param_groups(self.field, t.lr)
         stage_params = {id(p) for p in getattr(self.field, "stage_parameters", lambda: [])()}
@@ -263,7 +267,11 @@ class Trainer:
         target = batch.rgb
         if self.use_masks and batch.mask is not None and not self.composited:
             target = target * batch.mask[:, None]
-        mse = F.mse_loss(out.rgb, target)
+        rgb = out.rgb
+        gain = getattr(self.field, "view_gain", None)
+        if gain is not None:
+            rgb = gain(rgb, batch.cam_idx, out.opacity, self.background)
+        mse = F.mse_loss(rgb, target)
         loss = mse
         if self.use_masks and batch.mask is not None and t.mask_loss > 0:
             op = out.opacity.clamp(1e-4, 1 - 1e-4)
@@ -308,6 +316,8 @@ class Trainer:
             loss = loss + t.light_chroma_smoothness * chroma
             extra["light_chroma"] = chroma.item()
         stats = {"loss": loss.item(), "psnr": -10 * math.log10(max(mse.item(), 1e-10)), "n_rays": len(batch.rays)}
+        if gain is not None:
+            extra["view_gain_spread"] = gain.spread()
         stats.update(extra)
         stats["samples_per_ray"] = out.n_samples / max(len(batch.rays), 1)
         if "n_marched" in out.extras:
