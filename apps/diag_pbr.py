@@ -5,6 +5,7 @@
     python apps/diag_pbr.py light RUN OUT.png       # learned light next to the scene's light, and their chroma
     python apps/diag_pbr.py albedo-bias RUN         # aligned albedo error by the surface's facing (up / down)
     python apps/diag_pbr.py profile RUN --steps 10  # where a training step's time goes, at the run's last step
+    python apps/diag_pbr.py views RUN --every 3     # per view: rendered vs photo brightness inside the mask
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -29,6 +30,11 @@ surfaces, too little blue on down-facing ones).
 then profiles ``--steps`` training steps with torch.profiler: wall seconds per step, the inclusive time of each
 stage of a step (marching and the SDF cull, the SDF with its gradient, colour / shading, shadows, the priors,
 backward, optimiser) and the operators with the most self time.
+
+``views``: any run on a scene with masks (DTU too): every ``--every``-th view (training and held-out) rendered at
+1/``--downscale`` of the training size, and per view the ratio photo / render of the mean colour inside the mask
+(per channel), the masked PSNR, and the PSNR once that ratio is applied -- how much the captured views disagree in
+brightness (lamps shadowed, exposure), i.e. what ``model.view_gain`` could recover.
 """
 
 from __future__ import annotations
@@ -169,6 +175,34 @@ def albedo_bias(run: Path, n_bins: int = 8) -> None:
 
 
 @torch.no_grad()
+def views(run: Path, every: int = 3, downscale: int = 4) -> None:
+    """Print per-view brightness ratios photo / render inside the mask (see the module docstring)."""
+    from nfields.errors import NFieldsError
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    sc = tr.scene
+    if sc.masks is None:
+        raise NFieldsError(f"{run}: views needs a scene with masks")
+    print("view | split | photo / render (r g b) | masked PSNR | PSNR after the ratio")
+    ratios = []
+    for i in range(0, len(sc.images), every):
+        r = tr.renderer.render_image(sc.cameras, i, downscale=downscale)["rgb"]
+        h, w = r.shape[:2]
+        photo = sc.images[i].float()[::downscale, ::downscale][:h, :w] / 255
+        m = sc.masks[i][::downscale, ::downscale][:h, :w] > 127
+        p, g = r[m], photo[m]
+        k = g.mean(0) / p.mean(0).clamp_min(1e-6)
+        ratios.append(float(k.mean()))
+        psnr = -10 * torch.log10(((p - g) ** 2).mean()).item()
+        fixed = -10 * torch.log10(((p * k - g) ** 2).mean()).item()
+        split = "train" if i in sc.train_ids else "test"
+        print(f"{i:4d} | {split:5s} | " + " ".join(f"{v:.3f}" for v in k.tolist()) + f" | {psnr:.2f} | {fixed:.2f}")
+    r = np.array(ratios)
+    print(f"mean ratio over views: std {r.std():.3f}, min {r.min():.3f}, max {r.max():.3f}")
+
+
+@torch.no_grad()
 def noise(spp: int) -> None:
     """Print the agreement of two independent renders of demo view 8 (see the module docstring)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, demo_cameras, procedural_sky, render_pbr_view
@@ -270,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     pp.add_argument("run", type=Path)
     pp.add_argument("--steps", type=int, default=10)
     pp.add_argument("--warmup", type=int, default=3)
+    pv = sub.add_parser("views")
+    pv.add_argument("run", type=Path)
+    pv.add_argument("--every", type=int, default=3)
+    pv.add_argument("--downscale", type=int, default=4)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -280,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             noise(args.spp)
         elif args.cmd == "profile":
             profile(args.run, args.steps, args.warmup)
+        elif args.cmd == "views":
+            views(args.run, args.every, args.downscale)
         elif args.cmd == "albedo-bias":
             albedo_bias(args.run)
         else:
