@@ -178,6 +178,7 @@ def albedo_bias(run: Path, n_bins: int = 8) -> None:
 def views(run: Path, every: int = 3, downscale: int = 4) -> None:
     """Print per-view brightness ratios photo / render inside the mask (see the module docstring)."""
     from nfields.errors import NFieldsError
+    from nfields.train.metrics import psnr
     from nfields.train.render_run import open_run
 
     tr = open_run(run)
@@ -191,13 +192,11 @@ def views(run: Path, every: int = 3, downscale: int = 4) -> None:
         h, w = r.shape[:2]
         photo = sc.images[i].float()[::downscale, ::downscale][:h, :w] / 255
         m = sc.masks[i][::downscale, ::downscale][:h, :w] > 127
-        p, g = r[m], photo[m]
-        k = g.mean(0) / p.mean(0).clamp_min(1e-6)
+        k = photo[m].mean(0) / r[m].mean(0).clamp_min(1e-6)
         ratios.append(float(k.mean()))
-        psnr = -10 * torch.log10(((p - g) ** 2).mean()).item()
-        fixed = -10 * torch.log10(((p * k - g) ** 2).mean()).item()
+        before, fixed = psnr(r, photo, m), psnr(r * k, photo, m)
         split = "train" if i in sc.train_ids else "test"
-        print(f"{i:4d} | {split:5s} | " + " ".join(f"{v:.3f}" for v in k.tolist()) + f" | {psnr:.2f} | {fixed:.2f}")
+        print(f"{i:4d} | {split:5s} | " + " ".join(f"{v:.3f}" for v in k.tolist()) + f" | {before:.2f} | {fixed:.2f}")
     r = np.array(ratios)
     print(f"mean ratio over views: std {r.std():.3f}, min {r.min():.3f}, max {r.max():.3f}")
 

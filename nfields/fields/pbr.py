@@ -154,9 +154,14 @@ class PBRField(SDFField):
         """True when the next :meth:`color` call needs the sample positions: the material grid, whenever materials
         are asked for (pbr stage or a material render mode); the local light, in the pbr stage's rgb mode under
         the learned light."""
-        materials = self.shading == "pbr" or self.render_mode != "rgb"
-        local = self.local_light is not None and self.relight_env is None and self.render_mode == "rgb"
-        return materials and (self.material_grid is not None or (local and self.shading == "pbr"))
+        if self.material_grid is not None:
+            return self.shading == "pbr" or self.render_mode != "rgb"
+        return (
+            self.local_light is not None
+            and self.relight_env is None
+            and self.shading == "pbr"
+            and self.render_mode == "rgb"
+        )
 
     def update_shadows(self) -> None:
         """Re-sample the SDF into the shadow lattice (the renderer does it with each occupancy-grid update); a no-op
