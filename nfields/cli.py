@@ -258,6 +258,13 @@ class Eval:
     """Evaluate at 1/downscale resolution."""
     mesh_resolution: int = 192
     """Marching-cubes resolution for Chamfer / normal error."""
+    dtu_gt: Path | None = None
+    """DTU's official Chamfer in mm: the folder holding DTU's Points/stl and ObsMask (its Points and SampleSet
+    releases, e.g. 'SampleSet/MVS Data')."""
+    dtu_scan: int | None = None
+    """The DTU scan number for --dtu-gt (default: from the scene's name, dtu_scan24 -> 24)."""
+    dtu_resolution: int = 512
+    """Marching-cubes resolution for the official DTU metric."""
 
     def main(self) -> dict:
         """Compute, print and save the metrics."""
@@ -265,7 +272,14 @@ class Eval:
 
         from nfields.train.evaluate import evaluate_run
 
-        out = evaluate_run(self.run, downscale=self.downscale, mesh_resolution=self.mesh_resolution)
+        out = evaluate_run(
+            self.run,
+            downscale=self.downscale,
+            mesh_resolution=self.mesh_resolution,
+            dtu_gt=self.dtu_gt,
+            dtu_scan=self.dtu_scan,
+            dtu_resolution=self.dtu_resolution,
+        )
         print(json.dumps(out, indent=1))
         return out
 

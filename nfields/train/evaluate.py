@@ -6,7 +6,9 @@ normal error against ``gt/mesh.ply`` (or the analytic demo surface), per-pixel n
 and for SDF + PBR runs albedo PSNR after per-channel scale alignment (the albedo x light ambiguity; least squares
 in linear space over foreground pixels, then PSNR in sRGB) and relit PSNR: the run re-rendered under the scene's
 second light (``gt/scene.json``: the same map turned by ``relight_rotation_deg``, times the scene's exposure) with
-the aligned albedo, against ``gt/relit``. Everything is measured in the scene's normalised frame.
+the aligned albedo, against ``gt/relit``. Everything is measured in the scene's normalised frame, except DTU's
+official metric in millimetres (``dtu_gt``: the folder with DTU's ``Points/`` and ``ObsMask/``; see
+:mod:`nfields.train.dtu_eval`), reported as ``dtu_accuracy_mm``, ``dtu_completeness_mm`` and ``dtu_chamfer_mm``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nfields.errors import NFieldsError
 from nfields.render.shading import linear_to_srgb, srgb_to_linear
 from nfields.train.metrics import psnr
 
@@ -44,14 +47,36 @@ def normal_mae_deg(pred: torch.Tensor, gt: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int = 192) -> dict:
-    """Evaluate a run folder (see the module docstring); returns the metrics and writes ``eval.json``."""
+def evaluate_run(
+    run_dir: str | Path,
+    downscale: int = 1,
+    mesh_resolution: int = 192,
+    dtu_gt: str | Path | None = None,
+    dtu_scan: int | None = None,
+    dtu_resolution: int = 512,
+    dtu_density: float = 0.2,
+) -> dict:
+    """Evaluate a run folder (see the module docstring); returns the metrics and writes ``eval.json``.
+
+    dtu_gt: folder with DTU's ground truth for the official metric; dtu_scan: its scan number (default: from the
+    scene's name, e.g. ``dtu_scan24``); dtu_resolution: marching cubes for that metric (NeuS evaluates at 512);
+    dtu_density: its sample spacing in the ground truth's units (DTU's 0.2 mm)."""
     from nfields.fields.pbr import PBRField
     from nfields.render.envmap import EnvironmentMap
+    from nfields.train.dtu_eval import evaluate_dtu_official, load_dtu_ground_truth, scan_number
     from nfields.train.render_run import open_run
 
     run_dir = Path(run_dir)
     trainer = open_run(run_dir)
+    gt_dtu = None
+    if dtu_gt is not None:
+        # Read (and check) the ground truth before the minutes of rendering.
+        scan = dtu_scan if dtu_scan is not None else scan_number(trainer.scene.name)
+        if scan is None:
+            raise NFieldsError(f"scene {trainer.scene.name!r}: no scan number in its name; pass --dtu-scan N")
+        if trainer.field.kind != "sdf":
+            raise NFieldsError("--dtu-gt: the official DTU metric needs an SDF run (model.kind=sdf)")
+        gt_dtu = load_dtu_ground_truth(dtu_gt, scan)
     scene, field, renderer = trainer.scene, trainer.field, trainer.renderer
     scene_dir = Path(scene.root)
     gt_dir = scene_dir / "gt" if scene_dir.name else None
@@ -137,6 +162,11 @@ def evaluate_run(run_dir: str | Path, downscale: int = 1, mesh_resolution: int =
             diag = float(np.linalg.norm(ref.bounds[1] - ref.bounds[0]))
             if "chamfer_l1" in geo:
                 out["chamfer_pct_of_diagonal"] = 100.0 * geo["chamfer_l1"] / diag
+    if gt_dtu is not None:
+        dtu = evaluate_dtu_official(
+            field, scene, gt_dtu, dtu_resolution, dtu_density, save_mesh=run_dir / "eval_dtu_mesh.ply"
+        )
+        out.update({f"dtu_{k}": v for k, v in dtu.items()})
     out = {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(out, indent=1))

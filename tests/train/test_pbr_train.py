@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
 from nfields.config import build_config
@@ -16,11 +17,14 @@ from nfields.data.pbr_scene import PBRSceneConfig, make_pbr_scene
 from nfields.errors import NFieldsError
 from nfields.train.checkpoint import new_run_dir
 from nfields.train.evaluate import evaluate_run
+from nfields.train.geometry_eval import demo_reference_mesh
 from nfields.train.render_run import relight_run
 from nfields.train.trainer import Trainer
 from nfields.viewer.camera import ViewCamera
 from nfields.viewer.live import MATERIAL_MODES, LiveRenderer
 from tests.conftest import data_path
+from tests.train.test_dtu_eval import write_ground_truth
+from tests.train.test_train_cli import run_cli
 
 # Measured at 200 steps (2 cores): PSNR 15.8, albedo 16.8, relit 15.6 dB, Chamfer 0.88% of the diagonal. A black or
 # unshaded object scores ~6 dB; these bars fail when shading, the light or the material head breaks.
@@ -51,6 +55,22 @@ def test_tiny_pbr_run_recovers_materials_and_relights(pbr_scene, tmp_path):
     assert m["albedo_psnr"] > MIN_ALBEDO_PSNR
     assert m["relit_psnr"] > MIN_RELIT_PSNR
     assert m["chamfer_pct_of_diagonal"] < MAX_CHAMFER_PCT
+
+    # DTU's official metric (`nfields eval RUN --dtu-gt DIR`) on ground truth in DTU's layout made from the scene's
+    # true surface in its original frame (scale_mat: x1.5): the same Chamfer as above, in those units.
+    gt_dir = tmp_path / "dtu_gt"
+    surface = demo_reference_mesh()
+    pts = np.asarray(trimesh.sample.sample_surface(surface, 200_000, seed=0)[0])
+    scale_mat = trainer.scene.scale_mat.double().numpy()
+    write_ground_truth(gt_dir, 7, pts @ scale_mat[:3, :3].T + scale_mat[:3, 3], -1e9, -1e9, res=0.02)
+    d = evaluate_run(run, mesh_resolution=96, dtu_gt=gt_dir, dtu_scan=7, dtu_resolution=96, dtu_density=0.005)
+    assert d["psnr"] == m["psnr"]
+    assert 0.6 < d["dtu_chamfer_mm"] / 1.5 / m["chamfer_l1"] < 1.6, (d, m)
+    assert (run / "eval_dtu_mesh.ply").exists()
+    for args, needle in [([], "no scan number in its name; pass --dtu-scan N"), (["--dtu-scan", "7"], "not found")]:
+        p = run_cli(["eval", str(run), "--dtu-gt", str(tmp_path / "no_dtu"), *args], cwd=tmp_path)
+        assert p.returncode == 2 and needle in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
     # `nfields render RUN --envmap FILE --rotate DEG`: the relit views differ from the training-light ones, keep
     # their brightness (auto exposure matches the learned light's mean radiance) and turn with the map.
