@@ -208,7 +208,8 @@ def evaluate_dtu_official(
     field.eval()
     try:
         with torch.no_grad():
-            mesh = extract_mesh(field.sdf, field.aabb, resolution=resolution, keep_largest=False)
+            # An SDF bounds the distance to its surface: the fine grid only in a narrow band around it.
+            mesh = extract_mesh(field.sdf, field.aabb, resolution=resolution, keep_largest=False, narrow_band=3.0)
     except NFieldsError:
         mesh = trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
     finally:
