@@ -158,8 +158,10 @@ def sample_surface_mm(mesh_mm: trimesh.Trimesh, density: float = DENSITY_MM, see
         return np.zeros((0, 3))
     n = int(min(max(2.0 * mesh_mm.area / density**2, 1000), MAX_SAMPLES))
     pts = np.asarray(trimesh.sample.sample_surface(mesh_mm, n, seed=seed)[0], dtype=np.float64)
-    keys = np.floor((pts - pts.min(0)) / density).astype(np.int64)
-    _, first = np.unique(keys, axis=0, return_index=True)
+    cells = np.floor((pts - pts.min(0)) / density).astype(np.int64)
+    dims = cells.max(0) + 1
+    keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]  # one int64 per voxel: a 1-D unique
+    _, first = np.unique(keys, return_index=True)
     return pts[np.sort(first)]
 
 
