@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import trimesh
 
-from nfields.train.dtu_eval import DTUGroundTruth, dtu_metrics, evaluate_dtu_official, sample_surface_mm
+from nfields.train.dtu_eval import DTUGroundTruth, culled_mesh_mm, dtu_metrics, sample_surface_mm
 from nfields.train.render_run import open_run
 
 
@@ -25,14 +23,9 @@ def main() -> None:
     p.add_argument("--gt-points", type=int, default=3_000_000)
     args = p.parse_args()
     trainer = open_run(args.run)
-    # A placeholder ground truth: only the culled mesh (mm) is wanted from this pass.
-    nothing = DTUGroundTruth(0, np.zeros((1, 3)), np.ones((2, 2, 2), bool), np.zeros((2, 3)), 1.0, np.zeros(4))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mesh_mm.ply"
-        t = time.perf_counter()
-        m = evaluate_dtu_official(trainer.field, trainer.scene, nothing, resolution=args.resolution, save_mesh=path)
-        print(f"marching cubes + culling + sampling: {time.perf_counter() - t:.1f} s, {m['mesh_faces']} faces")
-        mesh = trimesh.load(str(path))
+    t = time.perf_counter()
+    mesh = culled_mesh_mm(trainer.field, trainer.scene, resolution=args.resolution)
+    print(f"marching cubes + culling: {time.perf_counter() - t:.1f} s, {len(mesh.faces)} faces")
     print(f"mesh extent {np.round(mesh.extents, 1)} mm, area {mesh.area:.0f} mm^2")
     gt_pts = np.asarray(trimesh.sample.sample_surface(mesh, args.gt_points, seed=5)[0])
     lo, hi = gt_pts.min(0) - 10, gt_pts.max(0) + 10

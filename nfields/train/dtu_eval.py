@@ -125,10 +125,7 @@ def cull_by_masks(mesh: trimesh.Trimesh, cameras, masks: torch.Tensor, dilate_px
     """
     if len(mesh.faces) == 0:
         return mesh
-    m = torch.as_tensor(masks).float()
-    if m.max() > 1:
-        m = m / 255.0
-    m = (m > 0.5).float()[:, None]
+    m = (torch.as_tensor(masks) > 0).float()[:, None]  # binary masks (0/255 or bool)
     if dilate_px > 0:
         k = 2 * dilate_px + 1
         m = torch.nn.functional.max_pool2d(m, k, stride=1, padding=dilate_px)
@@ -182,7 +179,7 @@ def _truncated_mean(d: np.ndarray, max_dist: float) -> float:
 def dtu_metrics(points_mm: np.ndarray, gt: DTUGroundTruth, max_dist: float = MAX_DIST_MM) -> dict[str, float]:
     """Accuracy, completeness and their mean (mm) of reconstruction samples ``points_mm`` (N, 3) against ``gt``
     (see the module docstring), with the point counts used."""
-    data = points_mm[in_observed_region(points_mm, gt)] if len(points_mm) else points_mm
+    data = points_mm[in_observed_region(points_mm, gt)]
     above = gt.points[(gt.points @ gt.plane[:3] + gt.plane[3]) > 0]
     out = {"n_samples": int(len(points_mm)), "n_samples_observed": int(len(data)), "n_gt_points": int(len(above))}
     if len(data) == 0 or len(above) == 0:
@@ -192,19 +189,10 @@ def dtu_metrics(points_mm: np.ndarray, gt: DTUGroundTruth, max_dist: float = MAX
     return {"accuracy_mm": acc, "completeness_mm": comp, "chamfer_mm": (acc + comp) / 2, **out}
 
 
-def evaluate_dtu_official(
-    field,
-    scene,
-    gt: DTUGroundTruth,
-    resolution: int = 512,
-    density: float = DENSITY_MM,
-    dilate: float = 0.015,
-    save_mesh: str | Path | None = None,
-) -> dict[str, float]:
-    """The official metric of an SDF ``field`` trained on a DTU ``scene``: marching cubes at ``resolution``,
-    mask culling (:func:`cull_by_masks` with masks dilated by ``dilate`` of the image width, 24 px on DTU's
-    1600-px images; skipped for scenes without masks), ``scene.scale_mat`` to millimetres, then
-    :func:`dtu_metrics`. ``save_mesh``: also write the culled mesh (mm) there."""
+def culled_mesh_mm(field, scene, resolution: int = 512, dilate: float = 0.015) -> trimesh.Trimesh:
+    """The mesh the official metric scores: marching cubes of an SDF ``field`` at ``resolution``, mask culling
+    (:func:`cull_by_masks` with masks dilated by ``dilate`` of the image width, 24 px on DTU's 1600-px images;
+    skipped for scenes without masks), then ``scene.scale_mat`` to millimetres. Empty when there is no surface."""
     from nfields.export.marching import extract_mesh
 
     was_training = field.training
@@ -220,6 +208,20 @@ def evaluate_dtu_official(
     if scene.masks is not None and len(mesh.faces):
         mesh = cull_by_masks(mesh, scene.cameras, scene.masks, max(1, round(dilate * scene.cameras.width)))
     mesh.apply_transform(scene.scale_mat.detach().cpu().double().numpy())
+    return mesh
+
+
+def evaluate_dtu_official(
+    field,
+    scene,
+    gt: DTUGroundTruth,
+    resolution: int = 512,
+    density: float = DENSITY_MM,
+    save_mesh: str | Path | None = None,
+) -> dict[str, float]:
+    """The official metric of an SDF ``field`` trained on a DTU ``scene``: :func:`culled_mesh_mm`, then
+    :func:`sample_surface_mm` and :func:`dtu_metrics`. ``save_mesh``: also write the culled mesh (mm) there."""
+    mesh = culled_mesh_mm(field, scene, resolution)
     if save_mesh is not None and len(mesh.faces):
         mesh.export(str(save_mesh))
     out = dtu_metrics(sample_surface_mm(mesh, density), gt)

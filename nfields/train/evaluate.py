@@ -23,6 +23,7 @@ from PIL import Image
 
 from nfields.errors import NFieldsError
 from nfields.render.shading import linear_to_srgb, srgb_to_linear
+from nfields.train.dtu_eval import DENSITY_MM, evaluate_dtu_official, load_dtu_ground_truth, scan_number
 from nfields.train.metrics import psnr
 
 
@@ -54,7 +55,7 @@ def evaluate_run(
     dtu_gt: str | Path | None = None,
     dtu_scan: int | None = None,
     dtu_resolution: int = 512,
-    dtu_density: float = 0.2,
+    dtu_density: float = DENSITY_MM,
 ) -> dict:
     """Evaluate a run folder (see the module docstring); returns the metrics and writes ``eval.json``.
 
@@ -63,7 +64,6 @@ def evaluate_run(
     dtu_density: its sample spacing in the ground truth's units (DTU's 0.2 mm)."""
     from nfields.fields.pbr import PBRField
     from nfields.render.envmap import EnvironmentMap
-    from nfields.train.dtu_eval import evaluate_dtu_official, load_dtu_ground_truth, scan_number
     from nfields.train.render_run import open_run
 
     run_dir = Path(run_dir)
