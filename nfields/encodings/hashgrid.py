@@ -15,8 +15,11 @@ Speed notes (2-core CPU, 65536 points, default config, forward + backward): the 
 - a custom autograd function for the table gradient: feature planes weighted separately, ``index_add_`` with int64
   indices (int32 indices hit a 5x slower kernel), one gradient buffer for all levels;
 - int32 vertex arithmetic: half the memory traffic of int64 and the same wrap-around as tcnn's uint32 hash.
-When the positions need gradients (SDF normals, Eikonal loss) plain autograd ops are used instead (slower backward,
-but twice differentiable).
+When the positions need gradients (SDF normals, Eikonal loss), the gradient w.r.t. x is computed in closed form
+(:class:`_PositionGradient`: the d-linear weights' derivatives times the gathered features), by custom functions
+that are themselves differentiable once more w.r.t. the table and the incoming gradient -- what an Eikonal loss or
+shading with the normals needs (x itself gets no second derivative: sample points are not parameters). The plain
+autograd ops (``position_grad = "autograd"``) remain as the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class HashGridEncoding(nn.Module):
 
     levels_per_group: int = 1
     """Levels vectorised together (1 = a Python loop over levels, measured fastest on CPU; see __init__)."""
+    position_grad: str = "closed_form"
+    """How gradients w.r.t. the positions are taken: ``"closed_form"`` (custom functions, see the module docstring)
+    or ``"autograd"`` (plain ops; the slower reference)."""
 
     def __init__(
         self,
@@ -158,8 +164,11 @@ class HashGridEncoding(nn.Module):
         parts = [self._group_corners(x.clamp(0.0, 1.0).T, name, hashed) for name, hashed in self._groups]
         return torch.cat([r for r, _ in parts], dim=1), torch.cat([w for _, w in parts], dim=1)
 
-    def _group_corners(self, xt: Tensor, name: str, hashed: bool) -> tuple[Tensor, Tensor]:
-        """Rows and weights (2^d, G, N) of one level group; ``xt`` (d, N) is the clamped, transposed input."""
+    def _group_corners(self, xt: Tensor, name: str, hashed: bool, weight_grads: bool = False):
+        """Rows and weights (2^d, G, N) of one level group; ``xt`` (d, N) is the clamped, transposed input.
+
+        ``weight_grads``: also return the weights' derivatives w.r.t. the (clamped) input, (d, 2^d, G, N), computed
+        without autograd (for :class:`_PositionGradient`)."""
         res: Tensor = getattr(self, f"_{name}_res")  # (G,)
         mult: Tensor = getattr(self, f"_{name}_mult")[..., None]  # (d, G, 1) int32
         offset: Tensor = getattr(self, f"_{name}_offset")[:, None]  # (G, 1) int32
@@ -180,10 +189,14 @@ class HashGridEncoding(nn.Module):
             if hashed:
                 rows = rows.bitwise_and_(2**self.log2_table - 1).add_(offset)
         frac = pos - lower  # (d, G, N), carries the gradient w.r.t. x
-        w = torch.stack([1.0 - frac[0], frac[0]])
-        for j in range(1, d):
-            w = (w[:, None] * torch.stack([1.0 - frac[j], frac[j]])[None]).reshape(2 ** (j + 1), g, n)
-        return rows, w
+        factors = [torch.stack([1.0 - frac[j], frac[j]]) for j in range(d)]  # (2, G, N): lower / upper vertex
+        w = _corner_products(factors)
+        if not weight_grads:
+            return rows, w
+        # d w_c / d x_j: the factor of axis j replaced by its derivative (-res, +res), the others kept.
+        slope = torch.stack([-res, res])[:, :, None].expand(2, g, n)
+        dw = torch.stack([_corner_products([slope if i == j else f for i, f in enumerate(factors)]) for j in range(d)])
+        return rows, w, dw
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_dim) in [0, 1] -> (N, levels * features_per_level)."""
@@ -191,15 +204,23 @@ class HashGridEncoding(nn.Module):
         xt = x.clamp(0.0, 1.0).T
         active = self.n_active()
         groups = [g for g, start in zip(self._groups, self._group_starts) if start < active]
-        parts = [self._group_corners(xt, name, hashed) for name, hashed in groups]
-        if x.requires_grad:
-            # Positions need gradients (SDF normals, Eikonal loss): plain autograd ops, twice differentiable.
+        position_grad = x.requires_grad and torch.is_grad_enabled()
+        if position_grad and self.position_grad == "autograd":
+            # The reference: plain autograd ops, twice differentiable (slower).
             outs = []
-            for rows, w in parts:
+            for rows, w in (self._group_corners(xt, name, hashed) for name, hashed in groups):
                 feats = self.table.index_select(0, rows.reshape(-1).long()).view(*rows.shape, f)
                 outs.append(torch.stack([(feats[..., k] * w).sum(0) for k in range(f)]))
             out = torch.cat(outs, dim=1)
+        elif position_grad:
+            xd = xt.detach()
+            parts = [self._group_corners(xd, name, hashed, weight_grads=True) for name, hashed in groups]
+            out = _InterpolateTable.apply(self.table, *[t for rows, w, _ in parts for t in (rows, w)])
+            inside = ((x >= 0) & (x <= 1)).T.to(x.dtype)  # clamp passes the gradient only inside [0, 1]
+            grads = [t for rows, _, dw in parts for t in (rows, dw * inside[:, None, None])]
+            out = _PositionGradient.apply(out, x, self.table, *grads)
         else:
+            parts = [self._group_corners(xt, name, hashed) for name, hashed in groups]
             out = _InterpolateTable.apply(self.table, *[t for part in parts for t in part])
         # (F, L, N) -> (N, L * F), level-major like tcnn.
         out = out.permute(2, 1, 0).reshape(n, out.shape[0] * out.shape[1])
@@ -207,6 +228,15 @@ class HashGridEncoding(nn.Module):
             keep = out[:, : active * f]
             out = torch.cat([keep, keep.new_zeros(n, self.out_dim - keep.shape[1])], dim=1)
         return out
+
+
+def _corner_products(factors: list[Tensor]) -> Tensor:
+    """Per-corner products of per-axis factors: ``factors[j]`` (2, G, N) holds axis j's lower / upper value; returns
+    (2^d, G, N) with corner c taking the upper value on axis j when its bit ``d-1-j`` is set."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = (out[:, None] * f[None]).reshape(out.shape[0] * 2, *f.shape[1:])
+    return out
 
 
 def _gather_rows(table: Tensor, rows: Tensor) -> Tensor:
@@ -250,3 +280,73 @@ class _InterpolateTable(torch.autograd.Function):
                 grad[:, k].index_add_(0, idx, vals.reshape(-1))
             start += g
         return (grad, *([None] * len(groups)))
+
+
+class _PositionGradient(torch.autograd.Function):
+    """Identity on the encoding ``out`` (F, L, N) whose backward adds the gradient w.r.t. the positions x (N, d).
+
+    Inputs: ``out``, ``x``, ``table`` (R, F) and, per level group, rows (C, G, N) and the weights' derivatives
+    ``dw`` (d, C, G, N) w.r.t. x. Backward: ``grad_x[n, j] = sum_{c,l,f} dw[j, c, l, n] table[rows[c, l, n], f]
+    grad_out[f, l, n]``, through :class:`_GradX` so that it is differentiable again (w.r.t. the table and
+    ``grad_out``); the table's own gradient comes from the :class:`_InterpolateTable` that made ``out``.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, table: Tensor, *groups: Tensor) -> Tensor:
+        ctx.save_for_backward(table, *groups)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        table, *groups = ctx.saved_tensors
+        grad_x = _GradX.apply(table, grad_out, *groups) if ctx.needs_input_grad[1] else None
+        return (grad_out, grad_x, None, *([None] * len(groups)))
+
+
+class _GradX(torch.autograd.Function):
+    """``grad_x`` (N, d) from the table, the encoding's incoming gradient (F, L, N) and per group rows (C, G, N)
+    and ``dw`` (d, C, G, N); its own backward gives the gradients w.r.t. the table and ``grad_out`` (not w.r.t. x:
+    sample positions are not parameters)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, grad_out: Tensor, *groups: Tensor) -> Tensor:
+        f = table.shape[1]
+        d, n = groups[1].shape[0], grad_out.shape[2]
+        grad_x = grad_out.new_zeros(d, n)
+        start, gathered = 0, []
+        for rows, dw in zip(groups[0::2], groups[1::2]):
+            g = rows.shape[1]
+            feats = _gather_rows(table, rows.reshape(-1)).view(*rows.shape, f)
+            s = feats[..., 0] * grad_out[0, start : start + g]
+            for k in range(1, f):
+                s += feats[..., k] * grad_out[k, start : start + g]  # (C, G, N)
+            grad_x += (dw * s).sum((1, 2))
+            gathered.append(feats)
+            start += g
+        ctx.save_for_backward(table, grad_out, *groups)
+        ctx.gathered = gathered  # the backward needs the same rows again (once_differentiable: no graph needed)
+        return grad_x.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg: Tensor):
+        table, grad_out, *groups = ctx.saved_tensors
+        f = table.shape[1]
+        ggt = gg.T.contiguous()  # (d, N)
+        g_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
+        g_out = torch.zeros_like(grad_out) if ctx.needs_input_grad[1] else None
+        start = 0
+        for rows, dw, feats in zip(groups[0::2], groups[1::2], ctx.gathered):
+            g = rows.shape[1]
+            u = dw[0] * ggt[0]
+            for j in range(1, dw.shape[0]):
+                u += dw[j] * ggt[j]  # (C, G, N): the corners' weights seen from the loss
+            if g_out is not None:
+                for k in range(f):
+                    g_out[k, start : start + g] = (feats[..., k] * u).sum(0)
+            if g_table is not None:
+                idx = rows.reshape(-1).long()
+                for k in range(f):
+                    g_table[:, k].index_add_(0, idx, (u * grad_out[k, start : start + g]).reshape(-1))
+            start += g
+        return (g_table, g_out, *([None] * len(groups)))

@@ -188,6 +188,48 @@ def test_hash_gradcheck_double():
     assert torch.autograd.gradcheck(lambda t: _InterpolateTable.apply(t, *flat), (table,), fast_mode=True)
 
 
+@pytest.mark.parametrize("in_dim", [2, 3])
+def test_hash_closed_form_position_gradient_matches_autograd(in_dim):
+    """The closed-form position gradient (and its own backward: Eikonal-style losses on the SDF gradient) equals
+    plain autograd's double backward, outside [0, 1] (clamped: zero gradient) included."""
+    torch.manual_seed(0)
+    enc = HashGridEncoding(in_dim, levels=4, features_per_level=2, log2_table=12, base_res=4, finest_res=64).double()
+    assert any(enc.dense) and not all(enc.dense)
+    with torch.no_grad():
+        enc.table.normal_()
+    head = torch.nn.Sequential(torch.nn.Linear(enc.out_dim, 16), torch.nn.Softplus(), torch.nn.Linear(16, 1)).double()
+    x = torch.rand(300, in_dim, dtype=torch.float64) * 1.1 - 0.05
+    got = {}
+    for mode in ("autograd", "closed_form"):
+        enc.position_grad = mode
+        enc.zero_grad()
+        head.zero_grad()
+        xg = x.clone().requires_grad_()
+        y = head(enc(xg)).squeeze(-1)
+        (g,) = torch.autograd.grad(y.sum(), xg, create_graph=True)
+        (((g.norm(dim=-1) - 1) ** 2).mean() + (y**2).mean()).backward()
+        got[mode] = (y.detach(), g.detach(), enc.table.grad.clone(), head[0].weight.grad.clone())
+    assert got["closed_form"][1].abs().max() > 1.0  # a non-trivial gradient
+    outside = (x < 0) | (x > 1)
+    assert outside.any() and (got["closed_form"][1][outside] == 0).all()  # clamped axes carry no gradient
+    for a, b in zip(got["autograd"], got["closed_form"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_hash_closed_form_gradcheck():
+    """The closed-form gradient's own backward (w.r.t. the table and the incoming gradient) by finite differences."""
+    from nfields.encodings.hashgrid import _GradX
+
+    torch.manual_seed(0)
+    enc = HashGridEncoding(3, levels=2, features_per_level=2, log2_table=10, base_res=3, finest_res=40).double()
+    x = torch.rand(5, 3, dtype=torch.float64) * 0.9 + 0.05
+    groups = [t for name, hashed in enc._groups for t in enc._group_corners(x.T, name, hashed, weight_grads=True)]
+    grads = [t for rows, _, dw in zip(groups[0::3], groups[1::3], groups[2::3]) for t in (rows, dw)]
+    table = torch.randn_like(enc.table).requires_grad_()
+    grad_out = torch.randn(2, enc.levels, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, g: _GradX.apply(t, g, *grads), (table, grad_out), fast_mode=True)
+
+
 def test_hash_param_groups_and_validation():
     enc = HashGridEncoding(3, **SMALL_HASH)
     (group,) = enc.param_groups(1e-2)
