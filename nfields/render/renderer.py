@@ -52,6 +52,10 @@ class RenderConfig:
     """SDF fields: a cheap SDF-only pass first estimates each sample's transmittance; samples behind the point
     where it falls below this (inside or behind the first surface) are dropped before the costly pass with
     gradients and colour (0 = keep every sample)."""
+    sdf_cull_first: int = 20
+    """SDF fields: the cull pass evaluates each ray's first this-many samples, then the rest only on the rays still
+    transparent after them (the back of the object is rarely needed); the same samples are kept as in one pass
+    (0 = every sample in one pass)."""
 
 
 class Renderer(nn.Module):
@@ -227,21 +231,58 @@ class Renderer(nn.Module):
     def _visible(self, x: Tensor, d: Tensor, ri: Tensor, t0: Tensor, t1: Tensor, t_mid: Tensor, n: int) -> Tensor:
         """Indices of the SDF samples whose estimated transmittance is above ``cfg.sdf_cull_transmittance``.
 
-        One forward pass of the SDF alone (no gradient, no colour). NeuS's alpha needs the directional derivative;
+        A forward pass of the SDF alone (no gradient, no colour). NeuS's alpha needs the directional derivative;
         it is estimated from the next sample of the same ray when the two are adjacent (the secant, as NeuS's
         up-sampling does), else taken head-on (-1); clamped to [-1, 0] so surfaces seen from behind add no
         opacity. The estimate ignores the cos annealing, which only adds opacity, so it errs towards keeping.
+
+        In two passes when ``cfg.sdf_cull_first`` > 0: each ray's first samples, then the rest of the rays whose
+        transmittance before their last evaluated sample is still above the threshold. Rays that are already opaque
+        would drop every later sample anyway (transmittance only falls), so the result equals one pass.
         """
-        sdf = self.field.geometry(x)[0]
+        thr = self.cfg.sdf_cull_transmittance
+        first = int(self.cfg.sdf_cull_first)
+        s = len(ri)
+        far_sdf = 1e3  # unevaluated samples: far outside the surface, opacity 0
+        if first <= 1:
+            sdf = self.field.geometry(x)[0]
+            evaluated = None
+        else:
+            counts = torch.bincount(ri, minlength=n)
+            rank = torch.arange(s, device=ri.device) - (torch.cumsum(counts, 0) - counts)[ri]
+            evaluated = rank < first
+            sdf = torch.full((s,), far_sdf, device=x.device, dtype=x.dtype)
+            idx = torch.nonzero(evaluated).squeeze(-1)
+            sdf[idx] = self.field.geometry(x[idx])[0]
+            if bool((counts > first).any()):
+                trans = self._cull_transmittance(sdf, evaluated, d, ri, t0, t1, t_mid, n)
+                # Transmittance before each long ray's sample `first - 1` is exact (its predecessors' secants are).
+                at = rank == first - 1
+                open_ray = torch.zeros(n, dtype=torch.bool, device=ri.device)
+                open_ray[ri[at]] = trans[at] > thr
+                rest = torch.nonzero(~evaluated & open_ray[ri]).squeeze(-1)
+                if len(rest):
+                    sdf[rest] = self.field.geometry(x[rest])[0]
+                    evaluated[rest] = True
+        trans = self._cull_transmittance(sdf, evaluated, d, ri, t0, t1, t_mid, n)
+        return torch.nonzero(trans > thr).squeeze(-1)
+
+    def _cull_transmittance(
+        self, sdf: Tensor, evaluated: Tensor | None, d: Tensor, ri: Tensor, t0: Tensor, t1: Tensor, t_mid: Tensor,
+        n: int,
+    ) -> Tensor:  # fmt: skip
+        """Transmittance before each sample (S,) from SDF values at the midpoints (see :meth:`_visible`); a secant
+        needs both samples evaluated (``evaluated`` (S,) bool, None = all)."""
         slope = torch.full_like(sdf, -1.0)
         if len(sdf) > 1:
             adjacent = (ri[1:] == ri[:-1]) & ((t0[1:] - t1[:-1]).abs() <= 1e-6 * (1 + t1[:-1].abs()))
+            if evaluated is not None:
+                adjacent &= evaluated[1:] & evaluated[:-1]
             secant = (sdf[1:] - sdf[:-1]) / (t_mid[1:] - t_mid[:-1]).clamp_min(1e-9)
             slope[:-1] = torch.where(adjacent, secant, slope[:-1])
         slope = slope.clamp(-1.0, 0.0)
         alphas = neus_alpha(sdf, slope[:, None] * d, d, t1 - t0, self.field.inv_s(), 1.0)
-        _, trans = render_weight_from_alpha(alphas, ri, n)
-        return torch.nonzero(trans > self.cfg.sdf_cull_transmittance).squeeze(-1)
+        return render_weight_from_alpha(alphas, ri, n)[1]
 
     @torch.no_grad()
     def render_image(self, cameras, i: int, background: Tensor | None = None, downscale: int = 1) -> dict[str, Tensor]:

@@ -242,6 +242,38 @@ def test_sdf_cull_drops_hidden_samples_without_changing_the_image():
     assert (culled.depth[hit] - full.depth[hit]).abs().max().item() < 1e-3
 
 
+def test_sdf_cull_in_two_passes_keeps_the_same_samples():
+    """The cull's second pass (only rays still transparent after their first samples) keeps exactly the samples
+    one pass keeps, with fewer SDF evaluations (the back of the sphere is skipped)."""
+
+    class Counting(SphereSDF):
+        evaluated = 0
+
+        def geometry(self, x):
+            if not torch.is_grad_enabled():
+                Counting.evaluated += len(x)
+            return super().geometry(x)
+
+    field = Counting(r=0.5, inv_s=200.0)
+    g = torch.Generator().manual_seed(2)
+    o = torch.tensor([0.2, 0.1, -2.5]).expand(400, 3).contiguous()
+    d = (torch.rand(400, 3, generator=g) - 0.5) * 1.6 - o  # hits, grazing rays and misses
+    d = d / d.norm(dim=-1, keepdim=True)
+    outs, counts = {}, {}
+    for first in (0, 40):
+        r = Renderer(field, RenderConfig(n_steps=512, grid_resolution=32, stratified=False, sdf_cull_first=first))
+        torch.manual_seed(0)
+        r.update_grid(0)  # the shell's cells: marching starts at the front surface
+        Counting.evaluated = 0
+        with torch.no_grad():
+            outs[first] = r.eval()(Rays(o, d))
+        counts[first] = Counting.evaluated
+    one, two = outs[0].extras, outs[40].extras
+    assert torch.equal(one["ray_indices"], two["ray_indices"]) and torch.equal(one["t_starts"], two["t_starts"])
+    torch.testing.assert_close(outs[0].rgb, outs[40].rgb)
+    assert counts[40] < 0.8 * counts[0], counts
+
+
 def test_sdf_occupancy_grid_holds_exactly_the_shell():
     from nfields.fields.sdf import SDFField
 
