@@ -6,6 +6,7 @@
     python apps/diag_pbr.py albedo-bias RUN         # aligned albedo error by the surface's facing (up / down)
     python apps/diag_pbr.py profile RUN --steps 10  # where a training step's time goes, at the run's last step
     python apps/diag_pbr.py views RUN --every 3     # per view: rendered vs photo brightness inside the mask
+    python apps/diag_pbr.py fit RUN --views 1 9 25  # masked PSNR on any views (training ones too), low / high freq.
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -35,6 +36,11 @@ backward, optimiser) and the operators with the most self time.
 1/``--downscale`` of the training size, and per view the ratio photo / render of the mean colour inside the mask
 (per channel), the masked PSNR, and the PSNR once that ratio is applied -- how much the captured views disagree in
 brightness (lamps shadowed, exposure), i.e. what ``model.view_gain`` could recover.
+
+``fit``: the masked PSNR of ``--views`` (training views as well as held-out ones: does a run underfit or overfit?)
+at full training size, split into a low-pass part (PSNR of both images blurred by a 9x9 box: broad shading and
+colour) and a high-pass part (mean squared error of what the blur removes: texture and edges); ``--out`` saves
+photo | render | error x4 per view.
 """
 
 from __future__ import annotations
@@ -288,6 +294,41 @@ def profile(run: Path, steps: int = 10, warmup: int = 3, top: int = 20) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
+def fit(run: Path, view_ids: list[int], out: Path | None = None) -> None:
+    """Print per view (and their mean) the masked PSNR, low-pass PSNR and high-pass MSE (see the module docstring)."""
+    from nfields.train.metrics import psnr
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    train_ids = set(int(i) for i in tr.scene.train_ids)
+    box = torch.ones(1, 1, 9, 9) / 81.0
+
+    def blur(im: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(im.permute(2, 0, 1)[:, None], box, padding=4)[:, 0].permute(1, 2, 0)
+
+    rows, panels = [], []
+    for i in view_ids:
+        if not 0 <= i < len(tr.scene.cameras):
+            raise SystemExit(f"error: view {i}: the scene has views 0..{len(tr.scene.cameras) - 1}")
+        r = tr.renderer.render_image(tr.scene.cameras, i, background=tr.background)
+        gt, mask = tr.ground_truth(i, 1)
+        pred = r["rgb"].clamp(0, 1)
+        m = torch.ones(gt.shape[:2], dtype=torch.bool) if mask is None else mask > 0.5
+        high = ((pred - blur(pred)) - (gt - blur(gt)))[m].square().mean().item()
+        rows.append((psnr(pred, gt, mask), psnr(blur(pred), blur(gt), mask), high))
+        kind = "train" if i in train_ids else "held-out"
+        print(f"view {i:3d} ({kind}): masked PSNR {rows[-1][0]:.2f} dB, low-pass {rows[-1][1]:.2f} dB, "
+              f"high-pass MSE {high:.5f}")  # fmt: skip
+        err = ((pred - gt).abs().mean(-1, keepdim=True) * 4 * m[..., None]).clamp(0, 1).expand(-1, -1, 3)
+        panels.append(torch.cat([gt, pred, err], 1))
+    mean = np.mean(np.array(rows), 0)
+    print(f"mean over {len(rows)} views: masked PSNR {mean[0]:.2f} dB, low-pass {mean[1]:.2f} dB, "
+          f"high-pass MSE {mean[2]:.5f}")  # fmt: skip
+    if out is not None:
+        Image.fromarray((torch.cat(panels, 0).numpy() * 255).astype(np.uint8)).save(out)
+        print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -307,6 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     pv.add_argument("run", type=Path)
     pv.add_argument("--every", type=int, default=3)
     pv.add_argument("--downscale", type=int, default=4)
+    pf = sub.add_parser("fit")
+    pf.add_argument("run", type=Path)
+    pf.add_argument("--views", type=int, nargs="+", required=True)
+    pf.add_argument("--out", type=Path, default=None)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -317,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             noise(args.spp)
         elif args.cmd == "profile":
             profile(args.run, args.steps, args.warmup)
+        elif args.cmd == "fit":
+            fit(args.run, args.views, args.out)
         elif args.cmd == "views":
             views(args.run, args.every, args.downscale)
         elif args.cmd == "albedo-bias":

@@ -141,6 +141,9 @@ class TrainConfig:
     geometry first, then materials and light on the settled surface; 0 = pbr from the start)."""
     material_smoothness: float = 0.01
     """pbr shading: weight of the material-smoothness prior |m(x) - m(x + delta)| at surface points."""
+    metallic_l1: float = 0.0
+    """pbr shading: weight of the mean metallic at surface points: dielectric unless the images need metal (a
+    rough metal under a learned light can imitate a diffuse surface, and did on DTU: metallic 1.0 everywhere)."""
     light_warmup_steps: int = 0
     """pbr shading: for this many steps from pbr_start only the light trains (geometry and materials held, the
     albedo at its neutral start), so the light takes the shading -- the sun's direction and strength -- before a

@@ -264,8 +264,14 @@ class PBRField(SDFField):
     def material_smoothness(self, x: Tensor, eps: float = 0.01) -> Tensor:
         """Mean |m(x) - m(x + delta)| of albedo, roughness and metallic at points x (N, 3), delta ~ N(0, eps^2):
         materials should change at edges, not everywhere (MatDecompSDF's smoothness prior)."""
+        return self.material_priors(x, eps)[0]
+
+    def material_priors(self, x: Tensor, eps: float = 0.01) -> tuple[Tensor, Tensor]:
+        """:meth:`material_smoothness` and the mean metallic at points x (N, 3), from one evaluation of the
+        materials (the trainer's ``train.metallic_l1`` asks surfaces to be dielectric unless the images need
+        metal: most captured objects are, and a rough metal can imitate a diffuse surface under a learned light)."""
         both = torch.cat([x, x + eps * torch.randn_like(x)], 0)
         a, r, m = self.materials(self.geometry(both)[1], both)
         mats = torch.cat([a, r[:, None], m[:, None]], -1)
         n = x.shape[0]
-        return (mats[:n] - mats[n:]).abs().mean()
+        return (mats[:n] - mats[n:]).abs().mean(), m[:n].mean()

@@ -282,7 +282,7 @@ class Trainer:
             loss = loss + t.eikonal * eik
             extra = {"eikonal": eik.item(), "inv_s": self.field.inv_s().item()}
         in_pbr = getattr(self.field, "shading", "") == "pbr"
-        pbr = in_pbr and t.material_smoothness > 0
+        pbr = in_pbr and (t.material_smoothness > 0 or t.metallic_l1 > 0)
         local = in_pbr and getattr(self.field, "local_light", None) is not None  # its share is logged
         warm = t.albedo_warm_start > 0 and self.cfg.model.shading == "pbr" and not in_pbr
         if pbr or local or warm or (self.is_sdf and t.normal_smoothness > 0):
@@ -291,9 +291,10 @@ class Trainer:
                 rays = batch.rays
                 p = rays.origins[hit] + out.depth.detach()[hit, None] * rays.directions[hit]
                 if pbr:
-                    smooth = self.field.material_smoothness(p)
-                    loss = loss + t.material_smoothness * smooth
+                    smooth, metal = self.field.material_priors(p)
+                    loss = loss + t.material_smoothness * smooth + t.metallic_l1 * metal
                     extra["material_smoothness"] = smooth.item()
+                    extra["metallic"] = metal.item()
                 if warm:
                     # The material head learns the observed colours (geometry features held) before it shades.
                     with torch.no_grad():
@@ -582,9 +583,10 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         t = cfg.train
         if t.light_chroma_along not in CHROMA_ALONG:
             raise NFieldsError(f"train.light_chroma_along {t.light_chroma_along!r}: valid: {', '.join(CHROMA_ALONG)}")
-        if t.local_light_l1 < 0 or t.albedo_warm_start < 0:
+        if t.local_light_l1 < 0 or t.albedo_warm_start < 0 or t.metallic_l1 < 0:
             raise NFieldsError(
-                f"train.local_light_l1 {t.local_light_l1} / albedo_warm_start {t.albedo_warm_start}: must be >= 0"
+                f"train.local_light_l1 {t.local_light_l1} / albedo_warm_start {t.albedo_warm_start} / metallic_l1 "
+                f"{t.metallic_l1}: must be >= 0"
             )
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(

@@ -208,6 +208,26 @@ def test_local_light_trains_in_the_pbr_stage_and_reports_its_share(pbr_scene, tm
                 new_run_dir(tmp_path / "runs", "bad"), progress=False)  # fmt: skip
 
 
+def test_metallic_prior_pulls_surfaces_towards_dielectric(pbr_scene, tmp_path):
+    """train.metallic_l1: the mean metallic at surface points is logged in the PBR stage and falls under the prior
+    faster than without it (same seed, same batches)."""
+    base = ["model.kind=sdf", "model.shading=pbr", "train.steps=16", "train.pbr_start=4", "train.lr=0.05"]
+    metal = {}
+    for weight in (0.0, 1.0):
+        cfg = build_config(str(pbr_scene), "hashgrid", "tiny", [*base, f"train.metallic_l1={weight}"])
+        trainer = Trainer(cfg, new_run_dir(tmp_path / "runs", f"metal{weight}"), progress=False)
+        logged = []
+        for _ in range(16):
+            logged.append(trainer.train_step().get("metallic"))
+            trainer.step += 1
+        assert logged[:4] == [None] * 4 and all(m is not None for m in logged[4:]), logged
+        metal[weight] = logged
+    assert metal[1.0][-1] < 0.5 * metal[0.0][-1], metal
+    with pytest.raises(NFieldsError, match="metallic_l1 -1"):
+        Trainer(build_config(str(pbr_scene), "hashgrid", "tiny", [*base, "train.metallic_l1=-1"]),
+                new_run_dir(tmp_path / "runs", "bad"), progress=False)  # fmt: skip
+
+
 def test_albedo_warm_start_fits_the_material_head_in_the_neural_stage_only(pbr_scene, tmp_path):
     overrides = ["model.kind=sdf", "model.shading=pbr", "train.steps=40", "train.pbr_start=30",
                  "train.albedo_warm_start=1", "model.material_grid=32"]  # fmt: skip
