@@ -7,6 +7,8 @@
     python apps/diag_pbr.py profile RUN --steps 10  # where a training step's time goes, at the run's last step
     python apps/diag_pbr.py views RUN --every 3     # per view: rendered vs photo brightness inside the mask
     python apps/diag_pbr.py fit RUN --views 1 9 25  # masked PSNR on any views (training ones too), low / high freq.
+    python apps/diag_pbr.py speed RUN --steps 10    # ms per training step: position-gradient and cull variants
+    python apps/diag_pbr.py materials RUN --view 24 # learned roughness / metallic / albedo on a view's surface
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -41,6 +43,15 @@ brightness (lamps shadowed, exposure), i.e. what ``model.view_gain`` could recov
 at full training size, split into a low-pass part (PSNR of both images blurred by a 9x9 box: broad shading and
 colour) and a high-pass part (mean squared error of what the blur removes: texture and edges); ``--out`` saves
 photo | render | error x4 per view.
+
+``speed``: reopens RUN at its last checkpoint for each variant in turn -- the hash grid's position gradient
+(``closed_form``, the default, or ``autograd``) x the SDF cull (two passes, ``sdf_cull_first`` 20, the default, or
+one pass) -- runs 2 warm-up and ``--steps`` timed training steps (no profiler), twice over in alternation, so the
+machine's speed drift hits every variant alike; prints ms per step and rays per second.
+
+``materials``: any SDF + PBR run (DTU too): the 5/25/50/75/95 % quantiles of the learned roughness and metallic and
+the mean albedo at the surface points of ``--view`` (rendered at 1/4 size, opacity > 0.99), and the learned light's
+texel range -- e.g. whether a run imitates a diffuse look with a rough metal.
 """
 
 from __future__ import annotations
@@ -329,6 +340,69 @@ def fit(run: Path, view_ids: list[int], out: Path | None = None) -> None:
         print(f"wrote {out}")
 
 
+def speed(run: Path, steps: int = 10) -> None:
+    """Print ms per training step and rays/s of each variant (see the module docstring)."""
+    from nfields.encodings.hashgrid import HashGridEncoding
+    from nfields.train.render_run import open_run
+
+    variants = [("autograd", 0), ("closed_form", 0), ("closed_form", 20)]
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in variants}
+    try:
+        for _ in range(2):
+            for mode, first in variants:
+                HashGridEncoding.position_grad = mode
+                torch.manual_seed(0)
+                tr = open_run(run)
+                tr.renderer.cfg.sdf_cull_first = first
+                for _ in range(2):
+                    tr.train_step()
+                    tr.step += 1
+                rays = 0
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    rays += tr.train_step()["n_rays"]
+                    tr.step += 1
+                dt = (time.perf_counter() - t0) / steps
+                results[(mode, first)].append((dt, rays / steps / dt))
+    finally:
+        HashGridEncoding.position_grad = "closed_form"
+    print(f"{run}: {steps} steps per variant from step {tr.step - steps}, two alternating rounds")
+    for (mode, first), got in results.items():
+        ms = " / ".join(f"{dt * 1e3:.0f}" for dt, _ in got)
+        rps = " / ".join(f"{r:.0f}" for _, r in got)
+        print(f"  position gradient {mode:12s} cull {'two passes' if first else 'one pass  '}: {ms} ms per step, "
+              f"{rps} rays/s")  # fmt: skip
+
+
+@torch.no_grad()
+def materials(run: Path, view: int = 24) -> None:
+    """Print the learned materials at a view's surface points and the light's range (see the module docstring)."""
+    from nfields.fields.pbr import PBRField
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    if not isinstance(tr.field, PBRField):
+        raise SystemExit(f"error: {run}: not an SDF + PBR run (model.shading=pbr)")
+    cams = tr.scene.cameras
+    rays = cams.image_rays(view, 4)
+    r = tr.renderer.render_image(cams, view, background=None, downscale=4)
+    hit = torch.nonzero(r["opacity"].reshape(-1) > 0.99).squeeze(-1)
+    pts = rays.origins[hit] + rays.directions[hit] * r["depth"].reshape(-1)[hit, None]
+    albedo, rough, metal = tr.field.materials(tr.field.geometry(pts)[1], pts)
+    levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+
+    def q(t: torch.Tensor) -> str:
+        return " / ".join(f"{v:.2f}" for v in torch.quantile(t.float(), levels).tolist())
+
+    print(f"{run}: view {view}, {len(pts)} surface points; quantiles 5/25/50/75/95 %")
+    print(f"  roughness {q(rough)}")
+    print(f"  metallic  {q(metal)}")
+    print(f"  albedo (linear) mean {' / '.join(f'{v:.3f}' for v in albedo.mean(0).tolist())}")
+    lum = tr.field.env.texels().mean(-1)
+    ratio = float(lum.max() / lum.median())
+    print(f"  learned light: texel radiance {lum.min():.3f} .. {lum.max():.3f}, max / median {ratio:.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -352,6 +426,12 @@ def main(argv: list[str] | None = None) -> None:
     pf.add_argument("run", type=Path)
     pf.add_argument("--views", type=int, nargs="+", required=True)
     pf.add_argument("--out", type=Path, default=None)
+    ps = sub.add_parser("speed")
+    ps.add_argument("run", type=Path)
+    ps.add_argument("--steps", type=int, default=10)
+    pmt = sub.add_parser("materials")
+    pmt.add_argument("run", type=Path)
+    pmt.add_argument("--view", type=int, default=24)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -362,6 +442,10 @@ def main(argv: list[str] | None = None) -> None:
             noise(args.spp)
         elif args.cmd == "profile":
             profile(args.run, args.steps, args.warmup)
+        elif args.cmd == "materials":
+            materials(args.run, args.view)
+        elif args.cmd == "speed":
+            speed(args.run, args.steps)
         elif args.cmd == "fit":
             fit(args.run, args.views, args.out)
         elif args.cmd == "views":

@@ -81,7 +81,7 @@ class HashGridEncoding(nn.Module):
     """Levels vectorised together (1 = a Python loop over levels, measured fastest on CPU; see __init__)."""
     position_grad: str = "closed_form"
     """How gradients w.r.t. the positions are taken: ``"closed_form"`` (custom functions, see the module docstring)
-    or ``"autograd"`` (plain ops; the slower reference)."""
+    or ``"autograd"`` (plain ops and their double backward; the reference the tests compare against)."""
 
     def __init__(
         self,
