@@ -216,8 +216,7 @@ class HashGridEncoding(nn.Module):
             xd = xt.detach()
             parts = [self._group_corners(xd, name, hashed, weight_grads=True) for name, hashed in groups]
             out = _InterpolateTable.apply(self.table, *[t for rows, w, _ in parts for t in (rows, w)])
-            inside = ((x >= 0) & (x <= 1)).T.to(x.dtype)  # clamp passes the gradient only inside [0, 1]
-            grads = [t for rows, _, dw in parts for t in (rows, dw * inside[:, None, None])]
+            grads = [t for rows, _, dw in parts for t in (rows, dw)]
             out = _PositionGradient.apply(out, x, self.table, *grads)
         else:
             parts = [self._group_corners(xt, name, hashed) for name, hashed in groups]
@@ -286,20 +285,21 @@ class _PositionGradient(torch.autograd.Function):
     """Identity on the encoding ``out`` (F, L, N) whose backward adds the gradient w.r.t. the positions x (N, d).
 
     Inputs: ``out``, ``x``, ``table`` (R, F) and, per level group, rows (C, G, N) and the weights' derivatives
-    ``dw`` (d, C, G, N) w.r.t. x. Backward: ``grad_x[n, j] = sum_{c,l,f} dw[j, c, l, n] table[rows[c, l, n], f]
-    grad_out[f, l, n]``, through :class:`_GradX` so that it is differentiable again (w.r.t. the table and
-    ``grad_out``); the table's own gradient comes from the :class:`_InterpolateTable` that made ``out``.
+    ``dw`` (d, C, G, N) w.r.t. the clamped x. Backward: ``grad_x[n, j] = sum_{c,l,f} dw[j, c, l, n]
+    table[rows[c, l, n], f] grad_out[f, l, n]``, through :class:`_GradX` so that it is differentiable again (w.r.t.
+    the table and ``grad_out``), zero where x_j is outside [0, 1] (the encoding clamps); the table's own gradient
+    comes from the :class:`_InterpolateTable` that made ``out``.
     """
 
     @staticmethod
     def forward(ctx, out: Tensor, x: Tensor, table: Tensor, *groups: Tensor) -> Tensor:
-        ctx.save_for_backward(table, *groups)
+        ctx.save_for_backward(((x >= 0) & (x <= 1)).to(x.dtype), table, *groups)
         return out.clone()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        table, *groups = ctx.saved_tensors
-        grad_x = _GradX.apply(table, grad_out, *groups) if ctx.needs_input_grad[1] else None
+        inside, table, *groups = ctx.saved_tensors
+        grad_x = _GradX.apply(table, grad_out, *groups) * inside if ctx.needs_input_grad[1] else None
         return (grad_out, grad_x, None, *([None] * len(groups)))
 
 
