@@ -30,6 +30,18 @@ material. It is smooth by construction (3 octaves across the box) so it cannot t
 ``train.local_light_l1`` asks it to explain as little as it can. Relighting drops it: it belongs to the capture's
 light, not the scene (the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
 
+Camera-attached light (``camera_light`` > 0): a second learned environment fixed to the *camera*, not the world.
+Captures lit by lamps on the camera rig -- DTU's LEDs ride on the robot arm with the camera; a flash or a phone's
+torch -- light each view differently, which no world-fixed light can give: a learned world light then fakes the
+view-dependent shading with rough metal (DTU's preset went metallic 1.0 everywhere, session 20). The attached
+light is looked up in a frame built per ray: ``y`` towards the camera (the reversed ray direction), ``z`` the
+world's up made perpendicular to it, ``x = y x z``; a light at the camera's centre is then the fixed direction
+``+y`` of that map whatever the view, and lamps beside the lens sit at fixed offsets from it (a frame per ray, not
+per view: for a light near the camera the direction *from the point* is what stays put). It starts uniform at
+``camera_light`` (linear radiance, small beside the world light's 1.0), adds to both the diffuse and the specular
+term, is unshadowed (a light beside the lens casts shadows the camera barely sees) and is dropped when relighting,
+like the local light: it belongs to the capture, not to the scene.
+
 Material grid (``material_grid`` > 0): the material head reads, besides the geometry features, its own hash grid
 at the point (8 levels, 2 features each, finest ``material_grid`` cells across the box). The geometry features were
 shaped by the neural colour head and learn slowly once the surface has settled (the shared learning rate has
@@ -52,7 +64,7 @@ from nfields.encodings.hashgrid import HashGridEncoding
 from nfields.encodings.sh import SphericalHarmonics
 from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
-from nfields.render.envmap import LearnedEnvironment
+from nfields.render.envmap import LearnedEnvironment, world_to_map
 from nfields.render.shading import linear_to_srgb, shade_pbr
 from nfields.render.shadows import ShadowVolume, brightest_texels
 
@@ -88,6 +100,46 @@ class LocalIrradiance(nn.Module):
         return F.softplus(self.net(torch.cat([self.pos_enc(x), self.sh(normals)], -1)))
 
 
+def camera_frames(dirs: Tensor, up: Tensor) -> Tensor:
+    """Per-ray camera frames (N, 3, 3) for ray directions (N, 3) and the world's up (3,): rows ``x``, ``y`` (towards
+    the camera, ``-dir``), ``z`` (``up`` made perpendicular to ``y``), right-handed; ``frame @ w`` takes a world
+    direction into the frame (see the module docstring). A ray along ``up`` takes the world's x-axis instead."""
+    y = -F.normalize(dirs, dim=-1)
+    z = up.to(dirs) - (y @ up.to(dirs))[:, None] * y
+    fallback = torch.zeros_like(z)
+    fallback[:, 0] = 1.0
+    degenerate = z.norm(dim=-1, keepdim=True) < 1e-6
+    z = torch.where(degenerate, fallback - (y * fallback).sum(-1, keepdim=True) * y, z)
+    z = F.normalize(z, dim=-1)
+    x = torch.cross(y, z, dim=-1)
+    return torch.stack([x, y, z], dim=1)
+
+
+class CameraAttachedLight:
+    """A world light plus a light fixed to the camera (``attached``, looked up in per-ray ``frames`` (N, 3, 3) from
+    :func:`camera_frames`): the ``irradiance`` / ``prefiltered`` pair :func:`~nfields.render.shading.shade_pbr`
+    asks of a light, each the sum of the two; ``texels`` and ``radiance`` are the world light's (shadows come from
+    it alone)."""
+
+    def __init__(self, world, attached, frames: Tensor):
+        self.world, self.attached, self.frames = world, attached, frames
+
+    def _local(self, w: Tensor) -> Tensor:
+        return torch.einsum("nij,nj->ni", self.frames, w)
+
+    def irradiance(self, normals: Tensor) -> Tensor:
+        return self.world.irradiance(normals) + self.attached.irradiance(self._local(normals))
+
+    def prefiltered(self, dirs: Tensor, roughness: Tensor) -> Tensor:
+        return self.world.prefiltered(dirs, roughness) + self.attached.prefiltered(self._local(dirs), roughness)
+
+    def texels(self) -> Tensor:
+        return self.world.texels()
+
+    def radiance(self, dirs: Tensor) -> Tensor:
+        return self.world.radiance(dirs)
+
+
 class PBRField(SDFField):
     """SDF geometry + material head + learned environment light, shaded physically (see the module docstring).
 
@@ -98,6 +150,7 @@ class PBRField(SDFField):
     DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
     ``shadow_resolution`` (cached SDF lattice), ``local_light`` (add a :class:`LocalIrradiance`; see the module
     docstring), ``material_grid`` (finest resolution of the material head's own hash grid, 0 = none; see the module
+    docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
     docstring).
     """
 
@@ -115,6 +168,7 @@ class PBRField(SDFField):
         shadow_resolution: int = 64,
         local_light: bool = False,
         material_grid: int = 0,
+        camera_light: float = 0.0,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -145,6 +199,16 @@ class PBRField(SDFField):
         self.shadow_lights = int(shadow_lights)
         object.__setattr__(self, "shadow_volume", ShadowVolume(self.aabb, shadow_resolution) if shadow_lights else None)
         self.local_light = LocalIrradiance() if local_light else None
+        if not camera_light >= 0:
+            raise NFieldsError(f"model.camera_light {camera_light}: must be >= 0 (0 = no camera-attached light)")
+        self.camera_env = (
+            LearnedEnvironment(
+                env_height, 2 * env_height, init=camera_light, up_axis="z", lr_mult=env_lr_mult, levels=env_levels
+            )
+            if camera_light
+            else None
+        )
+        self.register_buffer("world_up", world_to_map(up_axis)[2].clone(), persistent=False)
 
     def wants_shadows(self) -> bool:
         """True when the next :meth:`color` call shades with shadows (pbr stage, rgb mode, shadows on)."""
@@ -186,7 +250,8 @@ class PBRField(SDFField):
         learning-rate schedule that starts when that stage does."""
         local = [] if self.local_light is None else list(self.local_light.parameters())
         grid = [] if self.material_grid is None else list(self.material_grid.parameters())
-        return [*self.material_net.parameters(), *grid, *self.env.parameters(), *local]
+        attached = [] if self.camera_env is None else list(self.camera_env.parameters())
+        return [*self.material_net.parameters(), *grid, *self.env.parameters(), *local, *attached]
 
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
@@ -237,6 +302,8 @@ class PBRField(SDFField):
         env = self._light()
         shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
         local = self.local_irradiance(points, normals)
+        if self.camera_env is not None and self.relight_env is None:
+            env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
         linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 

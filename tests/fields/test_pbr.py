@@ -224,3 +224,43 @@ def test_material_grid_needs_points_trains_with_the_stage_and_holds_texture():
             opt.step()
         errors[grid] = loss.item()
     assert errors[64] < 0.25 * errors[0] and errors[64] < 0.03, errors
+
+
+def test_camera_attached_light_follows_the_view_and_relighting_drops_it():
+    """``camera_light``: per-ray frames are right-handed with ``y`` towards the camera and ``z`` the world's up made
+    perpendicular; a light texel at the camera (``+y`` of the attached map) lights every surface that faces its
+    camera the same whatever the view -- a headlight -- and leaves surfaces seen edge-on dark; relighting drops it;
+    it trains with the PBR stage, gets gradients and is part of the checkpoint."""
+    from nfields.fields.pbr import camera_frames
+
+    torch.manual_seed(1)
+    dirs = torch.nn.functional.normalize(torch.randn(512, 3), dim=-1)
+    dirs[0] = torch.tensor([0.0, 0.0, 1.0])  # along the up axis: a fallback frame
+    fr = camera_frames(dirs, torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(fr @ fr.transpose(1, 2), torch.eye(3).expand(512, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(fr), torch.ones(512), atol=1e-5)
+    assert torch.allclose(fr[:, 1], -dirs, atol=1e-6)
+    assert (fr[1:, 2, 2] >= 0).all()  # z leans to the world's up
+
+    f = _field(env_init=1e-4, camera_light=1e-4, up_axis="z")
+    with torch.no_grad():  # white matte dielectric; the attached light: a bright patch at the camera (u 0.25, v 0.5)
+        f.material_net[-1].bias.copy_(torch.tensor([20.0, 20.0, 20.0, 20.0, -20.0]))
+        f.material_net[-1].weight.zero_()
+        f.camera_env.log_radiance[6:10, 6:10] = math.log(2.0)
+    x = torch.randn(512, 3) * 0.3
+    feat = f.geometry(x)[1]
+    facing = f.color(feat, dirs, -dirs)
+    assert facing.min() > 0.3 and (facing.max() - facing.min()) < 0.02  # lit alike from every view
+    side = torch.nn.functional.normalize(torch.cross(dirs, fr[:, 2], dim=-1), dim=-1)  # normal across the view
+    assert (f.color(feat, dirs, side) < facing - 0.2).all()
+    f.relight(EnvironmentMap(np.full((8, 16, 3), 1e-4, np.float32)))
+    assert f.color(feat, dirs, -dirs).max() < 0.05
+    f.relight(None)
+    f.color(feat, dirs, -dirs).sum().backward()
+    assert f.camera_env.log_radiance.grad.abs().sum() > 0
+    ids = {id(p) for p in f.stage_parameters()}
+    assert id(f.camera_env.log_radiance) in ids
+    assert any(k.startswith("camera_env.") for k in f.state_dict())
+    assert _field().camera_env is None
+    with pytest.raises(NFieldsError, match="camera_light"):
+        _field(camera_light=-1.0)
