@@ -97,8 +97,8 @@ class ModelConfig:
     """Learn an RGB gain per training view on the rendered foreground (captures whose views differ in light or
     exposure, e.g. DTU's lamps shadowed by the robot in some views); training loss only (see fields/capture.py)."""
     camera_light: float = 0.0
-    """pbr: add a second learned light attached to the camera (lamps on the camera rig: DTU's LEDs ride with the
-    camera), starting uniform at this radiance; 0 = none; dropped when relighting (see fields/pbr.py)."""
+    """pbr: add a second learned light attached to the camera (lamps on the camera rig: a flash, a robot-mounted
+    rig), starting uniform at this radiance; 0 = none; dropped when relighting (see fields/pbr.py)."""
     material_grid: int = 0
     """pbr: give the material head its own hash grid (8 levels, finest this many cells across the box) besides the
     geometry features, for albedo texture the features do not hold; 0 = features only (see fields/pbr.py)."""

@@ -31,9 +31,9 @@ material. It is smooth by construction (3 octaves across the box) so it cannot t
 light, not the scene (the same choice as InvRender / NeILF's indirect or incident-light fields, in a lighter form).
 
 Camera-attached light (``camera_light`` > 0): a second learned environment fixed to the *camera*, not the world.
-Captures lit by lamps on the camera rig -- DTU's LEDs ride on the robot arm with the camera; a flash or a phone's
-torch -- light each view differently, which no world-fixed light can give: a learned world light then fakes the
-view-dependent shading with rough metal (DTU's preset went metallic 1.0 everywhere, session 20). The attached
+Captures lit by lamps on the camera rig -- a flash, a phone's torch, and possibly DTU's robot-mounted rig (the
+hypothesis this was built to test) -- light each view differently, which no world-fixed light can give: a learned
+world light would then fake the view-dependent shading, e.g. with rough metal (as DTU's preset does). The attached
 light is looked up in a frame built per ray: ``y`` towards the camera (the reversed ray direction), ``z`` the
 world's up made perpendicular to it, ``x = y x z``; a light at the camera's centre is then the fixed direction
 ``+y`` of that map whatever the view, and lamps beside the lens sit at fixed offsets from it (a frame per ray, not
