@@ -99,6 +99,10 @@ class ModelConfig:
     camera_light: float = 0.0
     """pbr: add a second learned light attached to the camera (lamps on the camera rig: a flash, a robot-mounted
     rig), starting uniform at this radiance; 0 = none; dropped when relighting (see fields/pbr.py)."""
+    env_radius: float = 0.0
+    """pbr: the learned light painted on a sphere of this radius (units of the box's largest half-extent, >
+    sqrt(3)) instead of at infinity -- lamps a few object sizes away, as in DTU's rig; 0 = distant; dropped when
+    relighting (see fields/pbr.py)."""
     material_grid: int = 0
     """pbr: give the material head its own hash grid (8 levels, finest this many cells across the box) besides the
     geometry features, for albedo texture the features do not hold; 0 = features only (see fields/pbr.py)."""

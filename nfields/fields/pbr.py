@@ -42,6 +42,16 @@ per view: for a light near the camera the direction *from the point* is what sta
 term, is unshadowed (a light beside the lens casts shadows the camera barely sees) and is dropped when relighting,
 like the local light: it belongs to the capture, not to the scene.
 
+Near light (``env_radius`` > 0): a distant environment is the same from every point, so a lamp's reflection moves
+over a surface only with its normal. Lamps a few object sizes away (DTU's LED rig, a room's walls) are not
+distant: seen from the two ends of the object their directions differ by tens of degrees. With ``env_radius`` R the
+learned map is painted on a sphere of radius R (in units of the box's largest half-extent, around its centre)
+instead of at infinity, and each lookup -- the reflected direction for the specular term, the normal for the
+irradiance -- is replaced by the direction from the centre to where that ray from the point leaves the sphere (a
+parallax-corrected lookup, as in games' local reflection probes; the irradiance's is an approximation: the lobe
+about the normal is shifted, not re-integrated over the sphere). R -> infinity gives the distant light back. It
+needs the sample positions, and is dropped when relighting with a new (distant) map.
+
 Material grid (``material_grid`` > 0): the material head reads, besides the geometry features, its own hash grid
 at the point (8 levels, 2 features each, finest ``material_grid`` cells across the box). The geometry features were
 shaped by the neural colour head and learn slowly once the surface has settled (the shared learning rate has
@@ -140,6 +150,36 @@ class CameraAttachedLight:
         return self.world.radiance(dirs)
 
 
+def sphere_exit_dirs(points: Tensor, dirs: Tensor, radius: float) -> Tensor:
+    """Unit directions (N, 3) from the origin to where rays from ``points`` (N, 3, inside the sphere) along unit
+    ``dirs`` (N, 3) leave the sphere of ``radius`` -- the parallax-corrected lookup of a light painted on that
+    sphere (see the module docstring)."""
+    pd = (points * dirs).sum(-1, keepdim=True)
+    disc = (pd * pd - (points * points).sum(-1, keepdim=True) + radius * radius).clamp_min(1e-12)
+    return F.normalize(points + (disc.sqrt() - pd) * dirs, dim=-1)
+
+
+class NearLight:
+    """A learned light painted on a sphere of ``radius`` around the origin, seen from ``points`` (N, 3, centred
+    and scaled like the radius): the ``irradiance`` / ``prefiltered`` pair :func:`~nfields.render.shading.shade_pbr`
+    asks of a light, looked up along :func:`sphere_exit_dirs`; ``texels`` and ``radiance`` are the light's own."""
+
+    def __init__(self, light, points: Tensor, radius: float):
+        self.light, self.points, self.radius = light, points, radius
+
+    def irradiance(self, normals: Tensor) -> Tensor:
+        return self.light.irradiance(sphere_exit_dirs(self.points, normals, self.radius))
+
+    def prefiltered(self, dirs: Tensor, roughness: Tensor) -> Tensor:
+        return self.light.prefiltered(sphere_exit_dirs(self.points, F.normalize(dirs, dim=-1), self.radius), roughness)
+
+    def texels(self) -> Tensor:
+        return self.light.texels()
+
+    def radiance(self, dirs: Tensor) -> Tensor:
+        return self.light.radiance(dirs)
+
+
 class PBRField(SDFField):
     """SDF geometry + material head + learned environment light, shaded physically (see the module docstring).
 
@@ -151,7 +191,8 @@ class PBRField(SDFField):
     ``shadow_resolution`` (cached SDF lattice), ``local_light`` (add a :class:`LocalIrradiance`; see the module
     docstring), ``material_grid`` (finest resolution of the material head's own hash grid, 0 = none; see the module
     docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
-    docstring).
+    docstring), ``env_radius`` (the learned light on a sphere of this radius, in units of the box's largest
+    half-extent, > sqrt(3); 0 = distant; see the module docstring).
     """
 
     def __init__(
@@ -169,6 +210,7 @@ class PBRField(SDFField):
         local_light: bool = False,
         material_grid: int = 0,
         camera_light: float = 0.0,
+        env_radius: float = 0.0,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -209,6 +251,14 @@ class PBRField(SDFField):
             else None
         )
         self.register_buffer("world_up", world_to_map(up_axis)[2].clone(), persistent=False)
+        if not (env_radius == 0 or env_radius > 3**0.5):
+            raise NFieldsError(
+                f"model.env_radius {env_radius}: must be 0 (a distant light) or > sqrt(3) (outside the box)"
+            )
+        self.env_radius = float(env_radius)
+
+    def _near(self) -> bool:
+        return self.env_radius > 0 and self.relight_env is None
 
     def wants_shadows(self) -> bool:
         """True when the next :meth:`color` call shades with shadows (pbr stage, rgb mode, shadows on)."""
@@ -217,11 +267,11 @@ class PBRField(SDFField):
     def wants_points(self) -> bool:
         """True when the next :meth:`color` call needs the sample positions: the material grid, whenever materials
         are asked for (pbr stage or a material render mode); the local light, in the pbr stage's rgb mode under
-        the learned light."""
+        the learned light; the near light (``env_radius``) likewise."""
         if self.material_grid is not None:
             return self.shading == "pbr" or self.render_mode != "rgb"
         return (
-            self.local_light is not None
+            (self.local_light is not None or self._near())
             and self.relight_env is None
             and self.shading == "pbr"
             and self.render_mode == "rgb"
@@ -304,6 +354,10 @@ class PBRField(SDFField):
         local = self.local_irradiance(points, normals)
         if self.camera_env is not None and self.relight_env is None:
             env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
+        if self._near() and points is not None:
+            lo, hi = self.aabb[:3], self.aabb[3:]
+            centred = (points - (lo + hi) / 2) / ((hi - lo).max() / 2)
+            env = NearLight(env, centred, self.env_radius)
         linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 

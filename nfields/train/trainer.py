@@ -598,7 +598,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, local_light=m.local_light,
-            material_grid=m.material_grid, camera_light=m.camera_light,
+            material_grid=m.material_grid, camera_light=m.camera_light, env_radius=m.env_radius,
             **common,
         )  # fmt: skip
     return SDFField(

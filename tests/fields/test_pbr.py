@@ -264,3 +264,42 @@ def test_camera_attached_light_follows_the_view_and_relighting_drops_it():
     assert _field().camera_env is None
     with pytest.raises(NFieldsError, match="camera_light"):
         _field(camera_light=-1.0)
+
+
+def test_near_light_lookups_leave_the_sphere_and_move_a_highlight():
+    """``env_radius``: lookups go from the centre to where the ray leaves the sphere (on it, and along the ray; the
+    ray's own direction from the centre; the distant light as the radius grows); a lamp painted on the sphere lights
+    the points that face it and not those beside it under the same normal -- which no distant light can do; the
+    sample positions are asked for, relighting drops it, and radii inside the box are refused."""
+    from nfields.fields.pbr import sphere_exit_dirs
+
+    torch.manual_seed(2)
+    p = torch.rand(256, 3) * 2 - 1
+    d = torch.nn.functional.normalize(torch.randn(256, 3), dim=-1)
+    q = sphere_exit_dirs(p, d, 3.0)
+    hit = 3.0 * q - p
+    assert torch.allclose(torch.cross(hit, d, dim=-1), torch.zeros_like(d), atol=1e-4)
+    assert ((hit * d).sum(-1) > 0).all()
+    assert torch.allclose(sphere_exit_dirs(torch.zeros_like(p), d, 3.0), d, atol=1e-6)
+    assert (sphere_exit_dirs(p, d, 1e4) - d).norm(dim=-1).max() < 1e-3
+
+    f = _field(env_init=1e-4, up_axis="z", env_radius=2.0)
+    with torch.no_grad():  # white matte dielectric under a lamp on the sphere's +z pole, a cap of ~40 degrees
+        f.material_net[-1].bias.copy_(torch.tensor([20.0, 20.0, 20.0, 20.0, -20.0]))
+        f.material_net[-1].weight.zero_()
+        f.env.log_radiance[:4] = math.log(4.0)
+    f.shading = "pbr"
+    assert f.wants_points()
+    n = torch.tensor([[1.0, 0.0, 0.0]]).expand(2, 3)  # normals sideways, the same for both points
+    x = torch.tensor([[0.9, 0.0, 1.0], [0.9, 0.0, -1.0]])  # one just below the lamp, one far beneath it
+    feat = f.geometry(x)[1]
+    near = f.color(feat, -n, n, points=x)
+    assert near[0].mean() > near[1].mean() + 0.1, near
+    distant = f.color(feat, -n, n)  # without points: the distant light, alike at both
+    assert (distant[0] - distant[1]).abs().max() < 1e-5
+    f.relight(EnvironmentMap(np.full((8, 16, 3), 0.5, np.float32)))
+    assert not f.wants_points()
+    relit = f.color(feat, -n, n, points=x)
+    assert (relit[0] - relit[1]).abs().max() < 1e-5
+    with pytest.raises(NFieldsError, match="env_radius"):
+        _field(env_radius=1.5)
