@@ -352,12 +352,12 @@ class PBRField(SDFField):
         env = self._light()
         shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
         local = self.local_irradiance(points, normals)
-        if self.camera_env is not None and self.relight_env is None:
-            env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
-        if self._near() and points is not None:
+        if self._near() and points is not None:  # the world light only: an attached light moves with the camera
             lo, hi = self.aabb[:3], self.aabb[3:]
             centred = (points - (lo + hi) / 2) / ((hi - lo).max() / 2)
             env = NearLight(env, centred, self.env_radius)
+        if self.camera_env is not None and self.relight_env is None:
+            env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
         linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 
