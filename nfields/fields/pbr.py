@@ -115,7 +115,8 @@ def camera_frames(dirs: Tensor, up: Tensor) -> Tensor:
     the camera, ``-dir``), ``z`` (``up`` made perpendicular to ``y``), right-handed; ``frame @ w`` takes a world
     direction into the frame (see the module docstring). A ray along ``up`` takes the world's x-axis instead."""
     y = -F.normalize(dirs, dim=-1)
-    z = up.to(dirs) - (y @ up.to(dirs))[:, None] * y
+    up = up.to(dirs)
+    z = up - (y @ up)[:, None] * y
     fallback = torch.zeros_like(z)
     fallback[:, 0] = 1.0
     degenerate = z.norm(dim=-1, keepdim=True) < 1e-6
