@@ -66,7 +66,8 @@ class ModelConfig:
     (Neuralangelo's numerical gradients, shrinking as coarse-to-fine training activates levels)."""
     sdf_color_dirs: str = "view"
     """SDF fields' neural colour head sees the view direction (view, NeuS) or the view direction mirrored about the
-    normal (reflected, Ref-NeRF / Ref-NeuS: glossy and metallic surfaces without bumps faked into the geometry)."""
+    normal (reflected, Ref-NeRF / Ref-NeuS: glossy and metallic surfaces without bumps faked into the geometry), or
+    no direction (none: a view-independent colour, the most a diffuse material can show; a diagnostic reference)."""
     detach_color_normals: str = "none"
     """SDF fields: the colour sees the normals without their gradient -- none; neural (the neural colour head's
     normals only: the geometry stage cannot bend the surface to bake shadows or shading into it); all (also the
@@ -103,6 +104,11 @@ class ModelConfig:
     """pbr: the learned light painted on a sphere of this radius (units of the box's largest half-extent, >
     sqrt(3)) instead of at infinity -- lamps a few object sizes away, as in DTU's rig; 0 = distant; dropped when
     relighting (see fields/pbr.py)."""
+    view_light: bool = False
+    """pbr: the learned light changes with the camera's pose -- a smooth log-gain on the light from each direction,
+    a function of that direction and of the direction to the camera (captures whose lamps the rig shadows in some
+    poses, as DTU's robot does); used for held-out views (it is a function of the pose), dropped when relighting
+    (see fields/pbr.py)."""
     material_grid: int = 0
     """pbr: give the material head its own hash grid (8 levels, finest this many cells across the box) besides the
     geometry features, for albedo texture the features do not hold; 0 = features only (see fields/pbr.py)."""

@@ -52,6 +52,18 @@ parallax-corrected lookup, as in games' local reflection probes; the irradiance'
 about the normal is shifted, not re-integrated over the sphere). R -> infinity gives the distant light back. It
 needs the sample positions, and is dropped when relighting with a new (distant) map.
 
+View light (``view_light``): in some captures the light itself changes with the camera's pose -- on DTU's robot
+rig, NeRO notes that the robot shadows some of the lamps in some views -- so a point's brightness depends on where
+the camera is, through the light, not the material. A world-fixed light can only fake that with rough metal (as
+DTU's preset does: metallic 1.0 everywhere), and a per-view gain (``view_gain``) cannot follow it within a view or
+to a held-out pose. :class:`ViewLight` models it as a smooth log-gain ``g(w, v)`` on the light arriving from
+direction ``w`` when the camera sits in direction ``v`` from the point (the reversed ray; degree-2 spherical
+harmonics of both, a small MLP), taken at the centre of each term's lobe: the diffuse term is multiplied by
+``exp(g(n, v))``, the specular by ``exp(g(r, v))`` (r the mirrored view ray). It is a function of the pose, not a
+per-view code, so held-out views get the light of their own pose; it has no input from the position, so it cannot
+hold texture; it starts at zero (the world light alone) and is dropped when relighting: it belongs to the capture,
+not to the scene.
+
 Material grid (``material_grid`` > 0): the material head reads, besides the geometry features, its own hash grid
 at the point (8 levels, 2 features each, finest ``material_grid`` cells across the box). The geometry features were
 shaped by the neural colour head and learn slowly once the surface has settled (the shared learning rate has
@@ -75,7 +87,7 @@ from nfields.encodings.sh import SphericalHarmonics
 from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
 from nfields.render.envmap import LearnedEnvironment, world_to_map
-from nfields.render.shading import linear_to_srgb, shade_pbr
+from nfields.render.shading import linear_to_srgb, reflect, shade_pbr
 from nfields.render.shadows import ShadowVolume, brightest_texels
 
 RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
@@ -108,6 +120,31 @@ class LocalIrradiance(nn.Module):
         """Points (N, 3) in [-1, 1]^3 (:meth:`~nfields.fields.base.Field.normalize`) and unit normals (N, 3) ->
         relative irradiance (N, 3)."""
         return F.softplus(self.net(torch.cat([self.pos_enc(x), self.sh(normals)], -1)))
+
+
+class ViewLight(nn.Module):
+    """The capture's light as it changes with the camera's pose (see the module docstring): a log-gain ``g(w, v)``
+    (N, 3) on the learned light arriving from direction ``w`` while the camera looks along ``-v``: a ReLU MLP
+    (``hidden`` wide, ``layers`` deep) of the spherical harmonics (bands below ``degree``) of both unit vectors
+    (smooth in each: no texture, no sharp per-view changes), starting at 0 (the last layer's weights are zero),
+    clamped to +-3, training at ``lr_mult`` times the base learning rate."""
+
+    def __init__(self, hidden: int = 32, layers: int = 2, degree: int = 3, lr_mult: float = 1.0):
+        super().__init__()
+        self.sh = SphericalHarmonics(degree)
+        self.net = mlp(2 * self.sh.out_dim, hidden, layers, 3)
+        with torch.no_grad():
+            self.net[-1].weight.zero_()
+            self.net[-1].bias.zero_()
+        self.lr_mult = float(lr_mult)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """One optimiser group at ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
+        return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
+
+    def forward(self, light_dirs: Tensor, to_camera: Tensor) -> Tensor:
+        """Unit light directions (N, 3) and unit directions towards the camera (N, 3) -> log-gain (N, 3)."""
+        return self.net(torch.cat([self.sh(light_dirs), self.sh(to_camera)], -1)).clamp(-3.0, 3.0)
 
 
 def camera_frames(dirs: Tensor, up: Tensor) -> Tensor:
@@ -193,7 +230,8 @@ class PBRField(SDFField):
     docstring), ``material_grid`` (finest resolution of the material head's own hash grid, 0 = none; see the module
     docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
     docstring), ``env_radius`` (the learned light on a sphere of this radius, in units of the box's largest
-    half-extent, > sqrt(3); 0 = distant; see the module docstring).
+    half-extent, > sqrt(3); 0 = distant; see the module docstring), ``view_light`` (a :class:`ViewLight`: the
+    light changes with the camera's pose; see the module docstring).
     """
 
     def __init__(
@@ -212,6 +250,7 @@ class PBRField(SDFField):
         material_grid: int = 0,
         camera_light: float = 0.0,
         env_radius: float = 0.0,
+        view_light: bool = False,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -257,6 +296,7 @@ class PBRField(SDFField):
                 f"model.env_radius {env_radius}: must be 0 (a distant light) or > sqrt(3) (outside the box)"
             )
         self.env_radius = float(env_radius)
+        self.view_light = ViewLight(lr_mult=env_lr_mult) if view_light else None
 
     def _near(self) -> bool:
         return self.env_radius > 0 and self.relight_env is None
@@ -302,7 +342,8 @@ class PBRField(SDFField):
         local = [] if self.local_light is None else list(self.local_light.parameters())
         grid = [] if self.material_grid is None else list(self.material_grid.parameters())
         attached = [] if self.camera_env is None else list(self.camera_env.parameters())
-        return [*self.material_net.parameters(), *grid, *self.env.parameters(), *local, *attached]
+        view = [] if self.view_light is None else list(self.view_light.parameters())
+        return [*self.material_net.parameters(), *grid, *self.env.parameters(), *local, *attached, *view]
 
     def relight(self, env) -> None:
         """Shade under ``env`` (an :class:`~nfields.render.envmap.EnvironmentMap`) instead of the learned light;
@@ -359,7 +400,16 @@ class PBRField(SDFField):
             env = NearLight(env, centred, self.env_radius)
         if self.camera_env is not None and self.relight_env is None:
             env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
-        linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
+        if self.view_light is not None and self.relight_env is None:
+            _, diffuse, specular = shade_pbr(
+                normals, -dirs, albedo, rough, metal, env, return_parts=True, shadow=shadow, extra_irradiance=local
+            )
+            # The same gain map g(w, pose) taken at the centre of each term's lobe: the normal for the irradiance,
+            # the mirrored view ray for the specular light (both lobes are wide where the gain matters).
+            gains = self.view_light(torch.cat([normals, reflect(-dirs, normals)]), (-dirs).repeat(2, 1)).exp()
+            linear = diffuse * gains[: len(dirs)] + specular * gains[len(dirs) :]
+        else:
+            linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 
     def local_irradiance(self, points: Tensor | None, normals: Tensor) -> Tensor | None:

@@ -17,7 +17,7 @@ from nfields.fields.base import Field
 from nfields.registry import build_network
 from nfields.render.shading import reflect
 
-COLOR_DIRS = ("view", "reflected")
+COLOR_DIRS = ("view", "reflected", "none")
 DETACH_COLOR_NORMALS = ("none", "neural", "all")
 
 
@@ -129,7 +129,8 @@ class SDFField(Field):
     def color(self, features: Tensor, dirs: Tensor, normals: Tensor | None = None) -> Tensor:
         """RGB (N, 3) from features, unit ray directions and unit normals. With ``color_dirs="reflected"`` the head
         sees the ray mirrored about the normal instead of the ray itself (Ref-NeRF): a glossy highlight is then a
-        smooth function of its input, so the SDF is not pushed to bend the surface to fake one.
+        smooth function of its input, so the SDF is not pushed to bend the surface to fake one. ``color_dirs="none"``:
+        the head sees no direction at all, a view-independent colour (what a diffuse material can show).
 
         ``detach_color_normals`` other than ``"none"``: the head sees the normals without their gradient, so the
         photometric loss shapes the surface only through where it is (the volume-rendering weights) and its
@@ -141,7 +142,10 @@ class SDFField(Field):
                 normals = normals.detach()
             if self.color_dirs == "reflected":
                 dirs = reflect(-dirs, normals)  # the mirrored ray, pointing away from the surface
-        h = torch.cat([normals, self.dir_enc(dirs), features], dim=-1)
+        enc = self.dir_enc(dirs)
+        if self.color_dirs == "none":  # view-independent colour (a diffuse reference; a point's normal is fixed)
+            enc = torch.zeros_like(enc)
+        h = torch.cat([normals, enc, features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 
     def shell_width(self, step_size: float) -> float:

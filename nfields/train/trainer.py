@@ -599,6 +599,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, local_light=m.local_light,
             material_grid=m.material_grid, camera_light=m.camera_light, env_radius=m.env_radius,
+            view_light=m.view_light,
             **common,
         )  # fmt: skip
     return SDFField(

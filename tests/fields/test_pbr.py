@@ -303,3 +303,51 @@ def test_near_light_lookups_leave_the_sphere_and_move_a_highlight():
     assert (relit[0] - relit[1]).abs().max() < 1e-5
     with pytest.raises(NFieldsError, match="env_radius"):
         _field(env_radius=1.5)
+
+
+def test_view_light_starts_neutral_follows_the_pose_and_relighting_drops_it():
+    """``view_light``: starts as the world light alone (zero log-gain); a gain that depends on the camera's direction
+    changes a point's shading between poses (diffuse term included), not within one pose's normal; relighting
+    drops it; it trains with the PBR stage, gets gradients and is part of the checkpoint."""
+    from nfields.fields.pbr import ViewLight
+
+    x, dirs, normals = _inputs(512)
+    plain, lit = _field(env_init=0.3), _field(env_init=0.3, view_light=True)
+    lit.load_state_dict(plain.state_dict(), strict=False)
+    feat = plain.geometry(x)[1]
+    assert torch.allclose(lit.color(feat, dirs, normals), plain.color(feat, dirs, normals), atol=1e-6)
+    with torch.no_grad():  # white matte dielectric; a gain above 1 with the camera on the +x side, below 1 on -x
+        for f in (plain, lit):
+            f.material_net[-1].bias.copy_(torch.tensor([20.0, 20.0, 20.0, 20.0, -20.0]))
+            f.material_net[-1].weight.zero_()
+        n_sh = lit.view_light.sh.out_dim
+        lit.view_light.net[-1].weight.zero_()
+        lit.view_light.net[-1].bias.zero_()
+        lit.view_light.net[0].weight.zero_()
+        lit.view_light.net[0].bias.zero_()
+        # SH band 1 holds the direction's x in entry 3 (up to a constant): route it through one hidden unit.
+        lit.view_light.net[0].weight[0, n_sh + 3] = 2.0
+        lit.view_light.net[0].weight[1, n_sh + 3] = -2.0
+        hidden = lit.view_light.net[-1].weight.shape[1]
+        w = torch.zeros(hidden)
+        w[0], w[1] = 1.0, -1.0
+        for layer in lit.view_light.net[2:-1]:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.copy_(torch.eye(*layer.weight.shape))
+                layer.bias.zero_()
+        lit.view_light.net[-1].weight.copy_(w.expand(3, -1))
+    n = torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3)
+    to_cam = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]), dim=-1)
+    f1 = lit.geometry(torch.zeros(2, 3))[1]
+    a, b = lit.color(f1, -to_cam, n), plain.color(f1, -to_cam, n)
+    assert a[0].mean() > b[0].mean() + 0.05 and a[1].mean() < b[1].mean() - 0.05  # brighter from +x, darker from -x
+    assert torch.allclose(b[0], b[1], atol=1e-4)  # the world light alone: the same from both poses
+    lit.relight(EnvironmentMap(np.ones((8, 16, 3), np.float32)))
+    plain.relight(EnvironmentMap(np.ones((8, 16, 3), np.float32)))
+    assert torch.allclose(lit.color(f1, -to_cam, n), plain.color(f1, -to_cam, n), atol=1e-6)
+    lit.relight(None)
+    lit.color(f1, -to_cam, n).sum().backward()
+    assert lit.view_light.net[-1].weight.grad.abs().sum() > 0
+    assert {id(p) for p in lit.view_light.parameters()} <= {id(p) for p in lit.stage_parameters()}
+    assert any(k.startswith("view_light.") for k in lit.state_dict())
+    assert plain.view_light is None and isinstance(lit.view_light, ViewLight)

@@ -129,8 +129,18 @@ def test_reflected_colour_head_sees_the_mirrored_ray():
     refl.color(feat, d, n).sum().backward()
     assert n.grad.abs().sum() > 0
     cfg = build_config("demo", None, "tiny", ["model.sdf_color_dirs=mirror"])
-    with pytest.raises(NFieldsError, match="model.sdf_color_dirs 'mirror'.*valid: view, reflected"):
+    with pytest.raises(NFieldsError, match="model.sdf_color_dirs 'mirror'.*valid: view, reflected, none"):
         build_field(cfg, torch.tensor(aabb))
+
+
+def test_view_independent_colour_head_ignores_the_ray():
+    torch.manual_seed(0)
+    field = SDFField([-1.0, -1, -1, 1, 1, 1], network="mlp", color_dirs="none")
+    n = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    d1, d2 = (torch.nn.functional.normalize(torch.randn(64, 3), dim=-1) for _ in range(2))
+    feat = torch.randn(64, field.color_net[0].in_features - 3 - field.dir_enc.out_dim)
+    assert torch.equal(field.color(feat, d1, n), field.color(feat, d2, n))
+    assert not torch.allclose(field.color(feat, d1, n), field.color(feat, d1, -n), atol=1e-4)  # still sees the normal
 
 
 def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
