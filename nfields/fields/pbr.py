@@ -57,12 +57,13 @@ rig, NeRO notes that the robot shadows some of the lamps in some views -- so a p
 the camera is, through the light, not the material. A world-fixed light can only fake that with rough metal (as
 DTU's preset does: metallic 1.0 everywhere), and a per-view gain (``view_gain``) cannot follow it within a view or
 to a held-out pose. :class:`ViewLight` models it as a smooth log-gain ``g(w, v)`` on the light arriving from
-direction ``w`` when the camera sits in direction ``v`` from the point (the reversed ray; degree-2 spherical
-harmonics of both, a small MLP), taken at the centre of each term's lobe: the diffuse term is multiplied by
+direction ``w`` when the camera sits in direction ``v`` from the point (the reversed ray; spherical harmonics
+up to degree 3 of both, a small MLP), taken at the centre of each term's lobe: the diffuse term is multiplied by
 ``exp(g(n, v))``, the specular by ``exp(g(r, v))`` (r the mirrored view ray). It is a function of the pose, not a
 per-view code, so held-out views get the light of their own pose; it has no input from the position, so it cannot
 hold texture; it starts at zero (the world light alone) and is dropped when relighting: it belongs to the capture,
-not to the scene.
+not to the scene. Poses far from the capture's (an orbit behind the object) extrapolate the gain, clamped to
+``exp(+-3)``.
 
 Material grid (``material_grid`` > 0): the material head reads, besides the geometry features, its own hash grid
 at the point (8 levels, 2 features each, finest ``material_grid`` cells across the box). The geometry features were
@@ -129,7 +130,7 @@ class ViewLight(nn.Module):
     (smooth in each: no texture, no sharp per-view changes), starting at 0 (the last layer's weights are zero),
     clamped to +-3, training at ``lr_mult`` times the base learning rate."""
 
-    def __init__(self, hidden: int = 32, layers: int = 2, degree: int = 3, lr_mult: float = 1.0):
+    def __init__(self, hidden: int = 32, layers: int = 2, degree: int = 4, lr_mult: float = 1.0):
         super().__init__()
         self.sh = SphericalHarmonics(degree)
         self.net = mlp(2 * self.sh.out_dim, hidden, layers, 3)
@@ -231,7 +232,8 @@ class PBRField(SDFField):
     docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
     docstring), ``env_radius`` (the learned light on a sphere of this radius, in units of the box's largest
     half-extent, > sqrt(3); 0 = distant; see the module docstring), ``view_light`` (a :class:`ViewLight`: the
-    light changes with the camera's pose; see the module docstring).
+    light changes with the camera's pose; see the module docstring) and ``view_light_bands`` (its spherical-harmonic
+    bands).
     """
 
     def __init__(
@@ -251,6 +253,7 @@ class PBRField(SDFField):
         camera_light: float = 0.0,
         env_radius: float = 0.0,
         view_light: bool = False,
+        view_light_bands: int = 4,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -296,7 +299,7 @@ class PBRField(SDFField):
                 f"model.env_radius {env_radius}: must be 0 (a distant light) or > sqrt(3) (outside the box)"
             )
         self.env_radius = float(env_radius)
-        self.view_light = ViewLight(lr_mult=env_lr_mult) if view_light else None
+        self.view_light = ViewLight(degree=view_light_bands, lr_mult=env_lr_mult) if view_light else None
 
     def _near(self) -> bool:
         return self.env_radius > 0 and self.relight_env is None

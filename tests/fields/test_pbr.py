@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from nfields.config import build_config
 from nfields.errors import NFieldsError
 from nfields.fields.pbr import PBRField
 from nfields.render.envmap import EnvironmentMap
 from nfields.render.shading import linear_to_srgb
+from nfields.train.trainer import build_field
 
 AABB = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
 
@@ -351,3 +353,7 @@ def test_view_light_starts_neutral_follows_the_pose_and_relighting_drops_it():
     assert {id(p) for p in lit.view_light.parameters()} <= {id(p) for p in lit.stage_parameters()}
     assert any(k.startswith("view_light.") for k in lit.state_dict())
     assert plain.view_light is None and isinstance(lit.view_light, ViewLight)
+    assert _field(view_light=True, view_light_bands=4).view_light.sh.out_dim == 16
+    cfg = build_config("demo", None, "tiny", ["model.view_light=true", "model.view_light_bands=7"])
+    with pytest.raises(NFieldsError, match="model.view_light_bands 7: must be in 1..4"):
+        build_field(cfg, torch.tensor(AABB))

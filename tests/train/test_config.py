@@ -11,6 +11,7 @@ def test_presets_merge_scene_and_backend_sections():
     assert cfg.model.network_options["log2_table"] == 14
     cfg = build_config("../somewhere/dtu_scan65", "mlp", "cpu")
     assert cfg.data.downscale == 4  # any DTU scan uses the preset's dtu section
+    assert cfg.model.shading == "pbr" and cfg.model.view_light  # the pose-dependent light (DTU's robot rig)
     assert cfg.model.network_options["hidden"] == 128
     # A scene section can resize a backend over the preset's sizing; other backends and scenes keep theirs.
     demo, lego = build_config("demo", None, "cpu"), build_config("lego", "hashgrid", "cpu")
