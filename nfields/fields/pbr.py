@@ -95,7 +95,17 @@ RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
 MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
 
 
-class LocalIrradiance(nn.Module):
+class _OwnRate(nn.Module):
+    """A sub-module that trains at ``self.lr_mult`` times the base learning rate."""
+
+    lr_mult: float = 1.0
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """One optimiser group at ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
+        return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
+
+
+class LocalIrradiance(_OwnRate):
     """The local light's relative irradiance ``E_loc(x, n) / E_ref`` (N, 3) >= 0 (see the module docstring): a ReLU
     MLP (``hidden`` wide, ``layers`` deep) of the positional encoding of x in the box's [-1, 1]^3 (``n_freqs``
     octaves) and the degree-2 spherical harmonics of the unit normal n, then softplus. Starts at ``init``
@@ -113,17 +123,13 @@ class LocalIrradiance(nn.Module):
             self.net[-1].bias.fill_(init + torch.log(-torch.expm1(torch.tensor(-init))).item())  # softplus^-1
         self.lr_mult = float(lr_mult)
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """One optimiser group at ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
-        return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
-
     def forward(self, x: Tensor, normals: Tensor) -> Tensor:
         """Points (N, 3) in [-1, 1]^3 (:meth:`~nfields.fields.base.Field.normalize`) and unit normals (N, 3) ->
         relative irradiance (N, 3)."""
         return F.softplus(self.net(torch.cat([self.pos_enc(x), self.sh(normals)], -1)))
 
 
-class ViewLight(nn.Module):
+class ViewLight(_OwnRate):
     """The capture's light as it changes with the camera's pose (see the module docstring): a log-gain ``g(w, v)``
     (N, 3) on the learned light arriving from direction ``w`` while the camera looks along ``-v``: a ReLU MLP
     (``hidden`` wide, ``layers`` deep) of the spherical harmonics (bands below ``degree``) of both unit vectors
@@ -139,13 +145,13 @@ class ViewLight(nn.Module):
             self.net[-1].bias.zero_()
         self.lr_mult = float(lr_mult)
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """One optimiser group at ``lr * lr_mult`` (see :func:`nfields.fields.base.param_groups`)."""
-        return [{"params": list(self.parameters()), "lr": lr * self.lr_mult}]
-
     def forward(self, light_dirs: Tensor, to_camera: Tensor) -> Tensor:
-        """Unit light directions (N, 3) and unit directions towards the camera (N, 3) -> log-gain (N, 3)."""
-        return self.net(torch.cat([self.sh(light_dirs), self.sh(to_camera)], -1)).clamp(-3.0, 3.0)
+        """Unit light directions (K, N, 3), K per point, and unit directions towards the camera (N, 3) -> log-gain
+        (K, N, 3)."""
+        cam = self.sh(to_camera).expand(light_dirs.shape[0], -1, -1)
+        return self.net(torch.cat([self.sh(light_dirs.reshape(-1, 3)).view(*cam.shape[:2], -1), cam], -1)).clamp(
+            -3.0, 3.0
+        )
 
 
 def camera_frames(dirs: Tensor, up: Tensor) -> Tensor:
@@ -403,16 +409,14 @@ class PBRField(SDFField):
             env = NearLight(env, centred, self.env_radius)
         if self.camera_env is not None and self.relight_env is None:
             env = CameraAttachedLight(env, self.camera_env, camera_frames(dirs, self.world_up))
+        linear, diffuse, specular = shade_pbr(
+            normals, -dirs, albedo, rough, metal, env, return_parts=True, shadow=shadow, extra_irradiance=local
+        )
         if self.view_light is not None and self.relight_env is None:
-            _, diffuse, specular = shade_pbr(
-                normals, -dirs, albedo, rough, metal, env, return_parts=True, shadow=shadow, extra_irradiance=local
-            )
             # The same gain map g(w, pose) taken at the centre of each term's lobe: the normal for the irradiance,
             # the mirrored view ray for the specular light (both lobes are wide where the gain matters).
-            gains = self.view_light(torch.cat([normals, reflect(-dirs, normals)]), (-dirs).repeat(2, 1)).exp()
-            linear = diffuse * gains[: len(dirs)] + specular * gains[len(dirs) :]
-        else:
-            linear = shade_pbr(normals, -dirs, albedo, rough, metal, env, shadow=shadow, extra_irradiance=local)
+            gains = self.view_light(torch.stack([normals, reflect(-dirs, normals)]), -dirs).exp()
+            linear = diffuse * gains[0] + specular * gains[1]
         return linear_to_srgb(linear.clamp(0.0, 1.0))
 
     def local_irradiance(self, points: Tensor | None, normals: Tensor) -> Tensor | None:

@@ -142,9 +142,10 @@ class SDFField(Field):
                 normals = normals.detach()
             if self.color_dirs == "reflected":
                 dirs = reflect(-dirs, normals)  # the mirrored ray, pointing away from the surface
-        enc = self.dir_enc(dirs)
         if self.color_dirs == "none":  # view-independent colour (a diffuse reference; a point's normal is fixed)
-            enc = torch.zeros_like(enc)
+            enc = dirs.new_zeros(dirs.shape[0], self.dir_enc.out_dim)
+        else:
+            enc = self.dir_enc(dirs)
         h = torch.cat([normals, enc, features], dim=-1)
         return torch.sigmoid(self.color_net(h))
 
