@@ -112,6 +112,8 @@ class ModelConfig:
     view_light_bands: int = 4
     """pbr with view_light: spherical-harmonic bands (1-4) of the light direction and of the camera direction the
     gain sees (4: up to l = 3; on DTU 23.23 dB held-out vs 22.98 with 3, one run each, docs/results.md)."""
+    view_light_hidden: int = 32
+    """pbr with view_light: width of the gain's MLP (two hidden layers)."""
     material_grid: int = 0
     """pbr: give the material head its own hash grid (8 levels, finest this many cells across the box) besides the
     geometry features, for albedo texture the features do not hold; 0 = features only (see fields/pbr.py)."""

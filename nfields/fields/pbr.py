@@ -149,9 +149,8 @@ class ViewLight(_OwnRate):
         """Unit light directions (K, N, 3), K per point, and unit directions towards the camera (N, 3) -> log-gain
         (K, N, 3)."""
         cam = self.sh(to_camera).expand(light_dirs.shape[0], -1, -1)
-        return self.net(torch.cat([self.sh(light_dirs.reshape(-1, 3)).view(*cam.shape[:2], -1), cam], -1)).clamp(
-            -3.0, 3.0
-        )
+        light = self.sh(light_dirs.reshape(-1, 3)).view(*cam.shape)  # explicit shape: N may be 0 (an empty chunk)
+        return self.net(torch.cat([light, cam], -1)).clamp(-3.0, 3.0)
 
 
 def camera_frames(dirs: Tensor, up: Tensor) -> Tensor:
@@ -238,8 +237,8 @@ class PBRField(SDFField):
     docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
     docstring), ``env_radius`` (the learned light on a sphere of this radius, in units of the box's largest
     half-extent, > sqrt(3); 0 = distant; see the module docstring), ``view_light`` (a :class:`ViewLight`: the
-    light changes with the camera's pose; see the module docstring) and ``view_light_bands`` (its spherical-harmonic
-    bands).
+    light changes with the camera's pose; see the module docstring), ``view_light_bands`` (its spherical-harmonic
+    bands) and ``view_light_hidden`` (its MLP's width).
     """
 
     def __init__(
@@ -260,6 +259,7 @@ class PBRField(SDFField):
         env_radius: float = 0.0,
         view_light: bool = False,
         view_light_bands: int = 4,
+        view_light_hidden: int = 32,
         **sdf_kwargs,
     ):
         super().__init__(aabb, **sdf_kwargs)
@@ -305,7 +305,9 @@ class PBRField(SDFField):
                 f"model.env_radius {env_radius}: must be 0 (a distant light) or > sqrt(3) (outside the box)"
             )
         self.env_radius = float(env_radius)
-        self.view_light = ViewLight(degree=view_light_bands, lr_mult=env_lr_mult) if view_light else None
+        self.view_light = (
+            ViewLight(hidden=view_light_hidden, degree=view_light_bands, lr_mult=env_lr_mult) if view_light else None
+        )
 
     def _near(self) -> bool:
         return self.env_radius > 0 and self.relight_env is None

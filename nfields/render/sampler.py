@@ -7,16 +7,20 @@ same rule nerfacc's ``traverse_grids`` kernel applies, which is what the CUDA pa
 
 The torch path never loops over rays: it turns each ray's index range of candidate intervals into one packed array
 (``repeat_interleave``), evaluates every candidate's midpoint cell in one gather, and keeps the occupied ones with a
-boolean mask; long batches are split into chunks of at most ``max_candidates`` candidates to bound memory.
+boolean mask; long batches are split into chunks of at most ``max_candidates`` candidates to bound memory. With
+constant steps it first discards whole blocks of candidates that lie in empty space (one gather per block of a few
+steps, against the grid dilated by a cell), so only the candidates near occupied cells take the exact test.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfields.render import accel
@@ -228,18 +232,25 @@ def march_rays_torch(
     aabb: Tensor,
     cone_angle: float = 0.0,
     max_candidates: int = 1 << 22,
+    blocks: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure-torch twin of the nerfacc traversal: ``(ray_indices, t_starts, t_ends)`` packed and sorted by ray.
 
     Args:
         origins, dirs: (N, 3); near, far: (N,) per-ray planes (already jittered if stratified);
         step_size: minimum step; binary: (R, R, R) bool occupancy over ``aabb`` or None (no skipping);
-        aabb: (6,); cone_angle: step growth with t; max_candidates: candidates evaluated per chunk.
+        aabb: (6,); cone_angle: step growth with t; max_candidates: candidates evaluated per chunk; blocks: skip
+        empty space in blocks first (below; the same samples, fewer candidates).
 
     With ``cone_angle > 0`` the lattice is the ideal geometric one; nerfacc keeps ``dt`` frozen while it skips empty
     cells, so its sample positions differ there (both are valid marchings; the parity test uses cone_angle = 0).
+
+    Blocks (``cone_angle == 0`` with a grid): each ray's candidates are first taken ``B`` at a time, a block kept
+    when its midpoint lies in the grid dilated by one cell, with ``B`` the most steps for which every candidate
+    midpoint of the block lies within one cell (per axis) of the block's midpoint, so no block holding an
+    occupied candidate is dropped; the kept blocks' candidates then take the exact test. Surfaces fill a small part
+    of the box, so far fewer candidates reach the exact test (the output is identical).
     """
-    n = origins.shape[0]
     dev = origins.device
     t_in, t_out, hit = ray_aabb_intersect(origins, dirs, aabb)
     t_entry = torch.maximum(near, t_in)
@@ -259,42 +270,82 @@ def march_rays_torch(
     res = binary.shape[0] if binary is not None else 1
     lo, hi = aabb[:3].to(origins), aabb[3:].to(origins)
 
-    # Chunk boundaries over rays so that no chunk holds more than max_candidates candidates (one ray may exceed it).
-    ends = torch.cumsum(counts, 0)
-    bounds = [0]
-    total = int(ends[-1]) if n else 0
-    while bounds[-1] < n:
-        start_count = int(ends[bounds[-1] - 1]) if bounds[-1] > 0 else 0
-        nxt = int(torch.searchsorted(ends, start_count + max_candidates, right=True))
-        bounds.append(min(n, max(nxt, bounds[-1] + 1)))
-    out_ri, out_t0, out_t1 = [], [], []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if total == 0:
-            break
-        c = counts[a:b]
+    def exact(ri: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Candidates (ray ri, lattice index k) whose midpoint is in the ray's range and an occupied cell."""
+        k = k.to(origins.dtype)
+        r_k1 = k1[ri] if k1 is not None else None
+        t0 = _lattice(k, near[ri], step_size, cone_angle, r_k1)
+        t1 = _lattice(k + 1, near[ri], step_size, cone_angle, r_k1)
+        mid = (t0 + t1) * 0.5
+        keep = (mid >= t_entry[ri]) & (mid < t_exit[ri])
+        if flat_binary is not None:
+            keep &= flat_binary[_cells(origins[ri] + dirs[ri] * mid[:, None], lo, hi, res)]
+        return ri[keep], t0[keep], t1[keep]
+
+    block = 1
+    if blocks and flat_binary is not None and cone_angle == 0:
+        block = int(0.999 * 2.0 * float(((hi - lo) / res).min()) / step_size) + 1  # (B - 1) / 2 steps < one cell
+    dilated = _dilated(binary) if block >= 3 else None
+    block = block if dilated is not None else 1
+    n_blocks = (counts + block - 1) // block
+    out: list[tuple[Tensor, Tensor, Tensor]] = []
+    # Chunks over rays so that no chunk holds more than max_candidates candidates (one ray may exceed it).
+    for a, b in _chunks(n_blocks, max(1, max_candidates // block)):
+        c = n_blocks[a:b]
         m = int(c.sum())
         if m == 0:
             continue
         ri = torch.repeat_interleave(torch.arange(a, b, device=dev), c)
-        first = torch.cumsum(c, 0) - c
-        k = (k_lo[ri] + torch.arange(m, device=dev) - first[ri - a]).to(origins.dtype)
-        r_near = near[ri]
-        r_k1 = k1[ri] if k1 is not None else None
-        t0 = _lattice(k, r_near, step_size, cone_angle, r_k1)
-        t1 = _lattice(k + 1, r_near, step_size, cone_angle, r_k1)
-        mid = (t0 + t1) * 0.5
-        keep = (mid >= t_entry[ri]) & (mid < t_exit[ri])
-        if flat_binary is not None:
-            x = origins[ri] + dirs[ri] * mid[:, None]
-            ijk = ((x - lo) / (hi - lo) * res).long().clamp(0, res - 1)
-            keep &= flat_binary[(ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]]
-        out_ri.append(ri[keep])
-        out_t0.append(t0[keep])
-        out_t1.append(t1[keep])
-    if not out_ri:
+        j = torch.arange(m, device=dev) - (torch.cumsum(c, 0) - c)[ri - a]  # block (= candidate) number in its ray
+        if dilated is None:
+            out.append(exact(ri, k_lo[ri] + j))
+            continue
+        # Blocks first: kept when the block's midpoint is in the dilated grid (see the docstring).
+        mid = near[ri] + ((k_lo[ri] + j * block).to(origins.dtype) + 0.5 * block) * step_size
+        keep = dilated[_cells(origins[ri] + dirs[ri] * mid[:, None], lo, hi, res)]
+        ri, j = ri[keep], j[keep]
+        # The kept blocks' candidates (a ray's last block may be partial).
+        jj = (j[:, None] * block + torch.arange(block, device=dev)).reshape(-1)
+        ri = ri.repeat_interleave(block)
+        inside = jj < counts[ri]
+        ri, jj = ri[inside], jj[inside]
+        out.append(exact(ri, k_lo[ri] + jj))
+    if not out:
         empty = origins.new_zeros(0)
         return torch.zeros(0, dtype=torch.long, device=dev), empty, empty.clone()
-    return torch.cat(out_ri), torch.cat(out_t0), torch.cat(out_t1)
+    return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
+
+
+_DILATED: dict[str, object] = {}
+
+
+def _dilated(binary: Tensor) -> Tensor:
+    """The grid (R, R, R) dilated by one cell (3x3x3 max), flat. The last result is kept for the same tensor at the
+    same version (a training run marches one grid for ``grid_update_every`` steps; updates are in place and bump
+    the version)."""
+    src = _DILATED.get("src")
+    if src is None or src() is not binary or _DILATED.get("version") != binary._version:
+        pooled = F.max_pool3d(binary[None, None].float(), 3, stride=1, padding=1)
+        _DILATED.update(src=weakref.ref(binary), version=binary._version, out=pooled.reshape(-1) > 0)
+    return _DILATED["out"]  # type: ignore[return-value]
+
+
+def _cells(x: Tensor, lo: Tensor, hi: Tensor, res: int) -> Tensor:
+    """Flat cell index (M,) of points (M, 3) in an (R, R, R) grid over [lo, hi], clamped to the grid."""
+    ijk = ((x - lo) / (hi - lo) * res).long().clamp(0, res - 1)
+    return (ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]
+
+
+def _chunks(counts: Tensor, max_items: int) -> list[tuple[int, int]]:
+    """Ray ranges [a, b) holding at most ``max_items`` of ``counts`` each (a single ray may exceed it)."""
+    n = counts.shape[0]
+    ends = torch.cumsum(counts, 0)
+    bounds = [0]
+    while bounds[-1] < n:
+        start = int(ends[bounds[-1] - 1]) if bounds[-1] > 0 else 0
+        nxt = int(torch.searchsorted(ends, start + max_items, right=True))
+        bounds.append(min(n, max(nxt, bounds[-1] + 1)))
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def march_rays(

@@ -564,6 +564,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         raise NFieldsError(f"model.sdf_fd_eps {m.sdf_fd_eps}: must be >= 0 (0 = tied to the active hash level)")
     if not 1 <= m.view_light_bands <= 4:
         raise NFieldsError(f"model.view_light_bands {m.view_light_bands}: must be in 1..4 (spherical-harmonic bands)")
+    if m.view_light_hidden < 1:
+        raise NFieldsError(f"model.view_light_hidden {m.view_light_hidden}: must be >= 1")
     if m.sdf_color_dirs not in COLOR_DIRS:
         raise NFieldsError(f"model.sdf_color_dirs {m.sdf_color_dirs!r}: valid: {', '.join(COLOR_DIRS)}")
     if m.detach_color_normals not in DETACH_COLOR_NORMALS:
@@ -601,7 +603,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_resolution=m.shadow_resolution, local_light=m.local_light,
             material_grid=m.material_grid, camera_light=m.camera_light, env_radius=m.env_radius,
-            view_light=m.view_light, view_light_bands=m.view_light_bands,
+            view_light=m.view_light, view_light_bands=m.view_light_bands, view_light_hidden=m.view_light_hidden,
             **common,
         )  # fmt: skip
     return SDFField(

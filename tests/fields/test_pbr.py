@@ -354,6 +354,12 @@ def test_view_light_starts_neutral_follows_the_pose_and_relighting_drops_it():
     assert any(k.startswith("view_light.") for k in lit.state_dict())
     assert plain.view_light is None and isinstance(lit.view_light, ViewLight)
     assert _field(view_light=True, view_light_bands=4).view_light.sh.out_dim == 16
+    assert _field(view_light=True, view_light_hidden=8).view_light.net[0].out_features == 8
+    # An empty chunk (no sample to shade; an evaluation image's background tiles) shades to nothing, no error.
+    assert lit.color(f1[:0], -to_cam[:0], n[:0]).shape == (0, 3)
     cfg = build_config("demo", None, "tiny", ["model.view_light=true", "model.view_light_bands=7"])
     with pytest.raises(NFieldsError, match="model.view_light_bands 7: must be in 1..4"):
+        build_field(cfg, torch.tensor(AABB))
+    cfg = build_config("demo", None, "tiny", ["model.view_light=true", "model.view_light_hidden=0"])
+    with pytest.raises(NFieldsError, match="model.view_light_hidden 0: must be >= 1"):
         build_field(cfg, torch.tensor(AABB))
