@@ -106,6 +106,8 @@ def test_fresh_select_errors_and_seeded_builds():
 
     res = fresh_select(tgt, "siren", [1.0, 2.0], build, n_init=3)
     assert seeds == [0, 1, 2, 0, 1, 2] and res.option == "omega_0"
+    # The selection times itself (the cost the FreSh benchmark reports) and says so in its summary.
+    assert 0 < res.seconds < 60 and res.summary().endswith(f"selection: {res.seconds:.1f} s")
 
 
 def test_fresh_on_a_strided_grid_picks_the_same():
