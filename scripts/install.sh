@@ -14,12 +14,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v chromedriver >/dev/null || need+=(chromium-driver)
   # open3d's shared library links libusb (make-scene's ray casting).
   ldconfig -p | grep -q libusb-1.0.so.0 || need+=(libusb-1.0-0)
+  # The fused CPU hash-grid kernels are built on first use (nfields/encodings/hashgrid_native.py).
+  command -v g++ >/dev/null || need+=(g++)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 else
-  echo "install.sh: not root, skipping apt packages (chromium, chromium-driver: the viewer test; libusb-1.0-0: open3d)"
+  echo "install.sh: not root, skipping apt packages (chromium, chromium-driver: the viewer test; libusb-1.0-0: open3d; g++: the fused hash-grid kernels)"
 fi
 if command -v npm >/dev/null; then
   [ -d .cache/npm/node_modules/gltf-validator ] || npm install --silent --no-audit --no-fund --prefix .cache/npm gltf-validator >/dev/null

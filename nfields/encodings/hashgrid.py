@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from nfields.encodings.hashgrid_native import LevelSpec, native_encode, native_kernels
 from nfields.errors import NFieldsError
 
 # tcnn's primes; 2654435761 does not fit int32, so it is stored wrapped (same low 32 bits => same hash).
@@ -79,6 +80,9 @@ class HashGridEncoding(nn.Module):
 
     levels_per_group: int = 1
     """Levels vectorised together (1 = a Python loop over levels, measured fastest on CPU; see __init__)."""
+    native: bool = True
+    """Use the fused C++ kernels (hashgrid_native.py) on CPU float32 inputs when they build here; False (or
+    ``NFIELDS_NATIVE=0``) keeps the level-by-level torch code below, the reference the kernels are tested against."""
     position_grad: str = "closed_form"
     """How gradients w.r.t. the positions are taken: ``"closed_form"`` (custom functions, see the module docstring)
     or ``"autograd"`` (plain ops and their double backward; the reference the tests compare against)."""
@@ -137,6 +141,9 @@ class HashGridEncoding(nn.Module):
             self._groups.append((name, hashed))
             self._group_starts.append(start)
             start = stop
+        self._native_spec = LevelSpec(
+            self.resolutions, offsets, self.dense, log2_table, in_dim, features_per_level, self.out_dim
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -201,8 +208,10 @@ class HashGridEncoding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_dim) in [0, 1] -> (N, levels * features_per_level)."""
         n, f = x.shape[0], self.features_per_level
-        xt = x.clamp(0.0, 1.0).T
         active = self.n_active()
+        if self._use_native(x):
+            return native_encode(self.table, x, self._native_spec, active)
+        xt = x.clamp(0.0, 1.0).T
         groups = [g for g, start in zip(self._groups, self._group_starts) if start < active]
         position_grad = x.requires_grad and torch.is_grad_enabled()
         if position_grad and self.position_grad == "autograd":
@@ -227,6 +236,13 @@ class HashGridEncoding(nn.Module):
             keep = out[:, : active * f]
             out = torch.cat([keep, keep.new_zeros(n, self.out_dim - keep.shape[1])], dim=1)
         return out
+
+    def _use_native(self, x: Tensor) -> bool:
+        if not self.native or self.position_grad != "closed_form":
+            return False
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.table.dtype != torch.float32:
+            return False
+        return self.table.is_contiguous() and native_kernels() is not None
 
 
 def _corner_products(factors: list[Tensor]) -> Tensor:
