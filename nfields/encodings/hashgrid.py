@@ -141,9 +141,7 @@ class HashGridEncoding(nn.Module):
             self._groups.append((name, hashed))
             self._group_starts.append(start)
             start = stop
-        self._native_spec = LevelSpec(
-            self.resolutions, offsets, self.dense, log2_table, in_dim, features_per_level, self.out_dim
-        )
+        self._native_spec = LevelSpec(self.resolutions, offsets, self.dense, log2_table, in_dim, features_per_level)
 
     def extra_repr(self) -> str:
         return (

@@ -10,6 +10,7 @@
 // and the sums are deterministic.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace {
 
@@ -78,9 +79,12 @@ inline void cell(const float* xc, const Level& lv, int64_t* rows, float* w, floa
     }
 }
 
-inline void levels_from(Level* out, int L, const float* resf, const int32_t* resi, const int64_t* offset,
-                        const int32_t* hashed, uint32_t mask) {
-    for (int l = 0; l < L; ++l) out[l] = Level{resf[l], resi[l], offset[l], hashed[l], mask};
+// The level constants as the kernels use them; false when L is out of range.
+inline bool levels_from(Level* out, int L, const int32_t* res, const int64_t* offset, const int32_t* hashed,
+                        uint32_t mask) {
+    if (L < 0 || L > 32) return false;
+    for (int l = 0; l < L; ++l) out[l] = Level{(float)res[l], res[l], offset[l], hashed[l], mask};
+    return true;
 }
 
 template <int D, int F>
@@ -198,61 +202,57 @@ void grad_x_backward(int64_t N, const float* x, const float* table, const float*
     }
 }
 
+// Calls fn(D, F) with the (dimension, features per level) pair as compile-time constants; 0, or -1 when the pair is
+// not supported.
+template <class Fn>
+int dispatch(int d, int f, Fn&& fn) {
+    auto with_f = [&](auto D) -> int {
+        switch (f) {
+            case 1: fn(D, std::integral_constant<int, 1>{}); return 0;
+            case 2: fn(D, std::integral_constant<int, 2>{}); return 0;
+            case 4: fn(D, std::integral_constant<int, 4>{}); return 0;
+            case 8: fn(D, std::integral_constant<int, 8>{}); return 0;
+            default: return -1;
+        }
+    };
+    switch (d) {
+        case 1: return with_f(std::integral_constant<int, 1>{});
+        case 2: return with_f(std::integral_constant<int, 2>{});
+        case 3: return with_f(std::integral_constant<int, 3>{});
+        default: return -1;
+    }
+}
+
 }  // namespace
 
-// Dispatch on the (dimension, features per level) pair; returns 0, or -1 for an unsupported pair.
-#define NF_DISPATCH(D_, F_, CALL)                                    \
-    switch ((D_) * 16 + (F_)) {                                      \
-        case 1 * 16 + 1: { constexpr int D = 1, F = 1; CALL; break; } \
-        case 1 * 16 + 2: { constexpr int D = 1, F = 2; CALL; break; } \
-        case 1 * 16 + 4: { constexpr int D = 1, F = 4; CALL; break; } \
-        case 1 * 16 + 8: { constexpr int D = 1, F = 8; CALL; break; } \
-        case 2 * 16 + 1: { constexpr int D = 2, F = 1; CALL; break; } \
-        case 2 * 16 + 2: { constexpr int D = 2, F = 2; CALL; break; } \
-        case 2 * 16 + 4: { constexpr int D = 2, F = 4; CALL; break; } \
-        case 2 * 16 + 8: { constexpr int D = 2, F = 8; CALL; break; } \
-        case 3 * 16 + 1: { constexpr int D = 3, F = 1; CALL; break; } \
-        case 3 * 16 + 2: { constexpr int D = 3, F = 2; CALL; break; } \
-        case 3 * 16 + 4: { constexpr int D = 3, F = 4; CALL; break; } \
-        case 3 * 16 + 8: { constexpr int D = 3, F = 8; CALL; break; } \
-        default: return -1;                                          \
-    }                                                                \
-    return 0;
-
-#define NF_LEVELS                \
-    Level lv[32];                \
-    if (L < 0 || L > 32) return -1; \
-    levels_from(lv, L, resf, resi, offset, hashed, mask);
+// Every entry point: (d, F, N, x, <inputs>, L, res, offset, hashed, mask, stride, <outputs>, threads).
+#define NF_LEVEL_ARGS \
+    int L, const int32_t *res, const int64_t *offset, const int32_t *hashed, uint32_t mask, int64_t stride
+#define NF_RUN(KERNEL, ...)                                                               \
+    Level lv[32];                                                                         \
+    if (!levels_from(lv, L, res, offset, hashed, mask)) return -1;                        \
+    return dispatch(d, f, [&](auto D, auto F) { KERNEL<D.value, F.value>(__VA_ARGS__); });
 
 extern "C" {
 
-int nf_hg_forward(int d, int f, int64_t N, const float* x, const float* table, int L, const float* resf,
-                  const int32_t* resi, const int64_t* offset, const int32_t* hashed, uint32_t mask, int64_t stride,
-                  float* out, int threads) {
-    NF_LEVELS
-    NF_DISPATCH(d, f, (forward<D, F>(N, x, table, lv, L, stride, out, threads)))
+int nf_hg_forward(int d, int f, int64_t N, const float* x, const float* table, NF_LEVEL_ARGS, float* out,
+                  int threads) {
+    NF_RUN(forward, N, x, table, lv, L, stride, out, threads)
 }
 
-int nf_hg_backward_table(int d, int f, int64_t N, const float* x, const float* grad_out, int L, const float* resf,
-                         const int32_t* resi, const int64_t* offset, const int32_t* hashed, uint32_t mask,
-                         int64_t stride, float* grad_table, int threads) {
-    NF_LEVELS
-    NF_DISPATCH(d, f, (backward_table<D, F>(N, x, grad_out, lv, L, stride, grad_table, threads)))
+int nf_hg_backward_table(int d, int f, int64_t N, const float* x, const float* grad_out, NF_LEVEL_ARGS,
+                         float* grad_table, int threads) {
+    NF_RUN(backward_table, N, x, grad_out, lv, L, stride, grad_table, threads)
 }
 
-int nf_hg_grad_x(int d, int f, int64_t N, const float* x, const float* table, const float* grad_out, int L,
-                 const float* resf, const int32_t* resi, const int64_t* offset, const int32_t* hashed, uint32_t mask,
-                 int64_t stride, float* gx, int threads) {
-    NF_LEVELS
-    NF_DISPATCH(d, f, (grad_x<D, F>(N, x, table, grad_out, lv, L, stride, gx, threads)))
+int nf_hg_grad_x(int d, int f, int64_t N, const float* x, const float* table, const float* grad_out,
+                 NF_LEVEL_ARGS, float* gx, int threads) {
+    NF_RUN(grad_x, N, x, table, grad_out, lv, L, stride, gx, threads)
 }
 
 int nf_hg_grad_x_backward(int d, int f, int64_t N, const float* x, const float* table, const float* grad_out,
-                          const float* gg, int L, const float* resf, const int32_t* resi, const int64_t* offset,
-                          const int32_t* hashed, uint32_t mask, int64_t stride, float* g_table, float* g_out,
-                          int threads) {
-    NF_LEVELS
-    NF_DISPATCH(d, f, (grad_x_backward<D, F>(N, x, table, grad_out, gg, lv, L, stride, g_table, g_out, threads)))
+                          const float* gg, NF_LEVEL_ARGS, float* g_table, float* g_out, int threads) {
+    NF_RUN(grad_x_backward, N, x, table, grad_out, gg, lv, L, stride, g_table, g_out, threads)
 }
 
 }  // extern "C"

@@ -29,6 +29,14 @@ from torch.autograd.function import once_differentiable
 
 _SOURCE = Path(__file__).with_name("hashgrid_cpu.cpp")
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+# Entry points: name -> (tensor inputs after x, outputs); each is called as
+# (d, F, N, x, *inputs, L, res, offset, hashed, mask, stride, *outputs, threads) and returns 0 (or -1: unsupported).
+_KERNELS = {
+    "nf_hg_forward": (1, 1),  # table -> encoding
+    "nf_hg_backward_table": (1, 1),  # grad of the encoding -> grad of the table
+    "nf_hg_grad_x": (2, 1),  # table, grad of the encoding -> grad of x
+    "nf_hg_grad_x_backward": (3, 2),  # table, grad of the encoding, grad of grad_x -> grads of table and encoding
+}
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -92,13 +100,10 @@ def native_kernels() -> ctypes.CDLL | None:
         )
         return None
     p, i32, i64, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32
-    head = [i32, i32, i64]  # d, f, N
-    lv = [i32, p, p, p, p, u32, i64]  # L, resf, resi, offset, hashed, mask, stride
-    lib.nf_hg_forward.argtypes = [*head, p, p, *lv, p, i32]
-    lib.nf_hg_backward_table.argtypes = [*head, p, p, *lv, p, i32]
-    lib.nf_hg_grad_x.argtypes = [*head, p, p, p, *lv, p, i32]
-    lib.nf_hg_grad_x_backward.argtypes = [*head, p, p, p, p, *lv, p, p, i32]
-    for fn in (lib.nf_hg_forward, lib.nf_hg_backward_table, lib.nf_hg_grad_x, lib.nf_hg_grad_x_backward):
+    levels = [i32, p, p, p, u32, i64]  # L, res, offset, hashed, mask, stride
+    for name, (n_in, n_out) in _KERNELS.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [i32, i32, i64, p, *[p] * n_in, *levels, *[p] * n_out, i32]
         fn.restype = i32
     _lib = lib
     return _lib
@@ -108,67 +113,41 @@ class LevelSpec:
     """Per-level constants of a hash grid as the kernels take them (CPU tensors kept alive here)."""
 
     def __init__(
-        self,
-        resolutions: list[int],
-        offsets: list[int],
-        dense: list[bool],
-        log2_table: int,
-        in_dim: int,
-        features: int,
-        out_dim: int,
+        self, resolutions: list[int], offsets: list[int], dense: list[bool], log2_table: int, in_dim: int, features: int
     ):
-        self.resf = torch.tensor(resolutions, dtype=torch.float32)
-        self.resi = torch.tensor(resolutions, dtype=torch.int32)
+        self.res = torch.tensor(resolutions, dtype=torch.int32)
         self.offset = torch.tensor(offsets, dtype=torch.int64)
         self.hashed = torch.tensor([0 if d else 1 for d in dense], dtype=torch.int32)
         self.mask = 2**log2_table - 1
-        self.d, self.f, self.stride = in_dim, features, out_dim
-
-    def args(self, active: int) -> list:
-        """The ``L, resf, resi, offset, hashed, mask, stride`` arguments for the first ``active`` levels."""
-        return [
-            active,
-            self.resf.data_ptr(),
-            self.resi.data_ptr(),
-            self.offset.data_ptr(),
-            self.hashed.data_ptr(),
-            self.mask,
-            self.stride,
-        ]
+        self.d, self.f, self.levels = in_dim, features, len(resolutions)
 
 
-def _ptr(t: Tensor | None):
-    return None if t is None else t.data_ptr()
-
-
-def _check(rc: int):
+def _run(kernel: str, spec: LevelSpec, active: int, xc: Tensor, inputs: list[Tensor], outputs: list[Tensor | None]):
+    """Call one kernel on the first ``active`` levels; a None output is not computed."""
+    inputs = [t.contiguous() for t in inputs]  # held in a list: a temporary could be freed before the call
+    rc = getattr(native_kernels(), kernel)(
+        spec.d, spec.f, xc.shape[0], xc.data_ptr(), *[t.data_ptr() for t in inputs],
+        active, spec.res.data_ptr(), spec.offset.data_ptr(), spec.hashed.data_ptr(), spec.mask, spec.levels * spec.f,
+        *[None if t is None else t.data_ptr() for t in outputs], max(torch.get_num_threads(), 1),
+    )  # fmt: skip
     if rc != 0:
-        raise RuntimeError("nfields native hash-grid kernel: unsupported dimension / features per level")
+        raise RuntimeError(f"{kernel}: unsupported dimension {spec.d} / features per level {spec.f}")
 
 
 def native_encode(table: Tensor, x: Tensor, spec: LevelSpec, active: int) -> Tensor:
-    """The hash encoding (N, out_dim) of x (N, d) through the fused kernels; differentiable w.r.t. the table and,
+    """The hash encoding (N, levels * F) of x (N, d) through the fused kernels; differentiable w.r.t. the table and,
     twice, w.r.t. x as :class:`HashGridEncoding`'s closed-form path is (levels beyond ``active`` encode as 0)."""
     return _Encode.apply(table, x, spec, active)
-
-
-def _threads() -> int:
-    return max(torch.get_num_threads(), 1)
 
 
 class _Encode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: Tensor, x: Tensor, spec: LevelSpec, active: int) -> Tensor:
-        lib = native_kernels()
         xc = x.detach().contiguous()
-        n = xc.shape[0]
-        alloc = torch.empty if active == spec.resf.numel() else torch.zeros
-        out = alloc(n, spec.stride, dtype=torch.float32)
-        _check(
-            lib.nf_hg_forward(
-                spec.d, spec.f, n, xc.data_ptr(), table.data_ptr(), *spec.args(active), out.data_ptr(), _threads()
-            )
+        out = (torch.empty if active == spec.levels else torch.zeros)(
+            xc.shape[0], spec.levels * spec.f, dtype=torch.float32
         )
+        _run("nf_hg_forward", spec, active, xc, [table], [out])
         ctx.save_for_backward(table, xc)
         ctx.spec, ctx.active = spec, active
         return out
@@ -176,25 +155,12 @@ class _Encode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         table, xc = ctx.saved_tensors
-        spec, active = ctx.spec, ctx.active
-        g = grad_out.contiguous()
         grad_table = grad_x = None
         if ctx.needs_input_grad[0]:
             grad_table = torch.zeros_like(table)
-            _check(
-                native_kernels().nf_hg_backward_table(
-                    spec.d,
-                    spec.f,
-                    xc.shape[0],
-                    xc.data_ptr(),
-                    g.data_ptr(),
-                    *spec.args(active),
-                    grad_table.data_ptr(),
-                    _threads(),
-                )
-            )
+            _run("nf_hg_backward_table", ctx.spec, ctx.active, xc, [grad_out], [grad_table])
         if ctx.needs_input_grad[1]:
-            grad_x = _GradX.apply(table, g, xc, spec, active)
+            grad_x = _GradX.apply(table, grad_out.contiguous(), xc, ctx.spec, ctx.active)
         return grad_table, grad_x, None, None
 
 
@@ -205,46 +171,17 @@ class _GradX(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: Tensor, grad_out: Tensor, xc: Tensor, spec: LevelSpec, active: int) -> Tensor:
         gx = torch.empty(xc.shape[0], spec.d, dtype=torch.float32)
-        g = grad_out.contiguous()
-        _check(
-            native_kernels().nf_hg_grad_x(
-                spec.d,
-                spec.f,
-                xc.shape[0],
-                xc.data_ptr(),
-                table.data_ptr(),
-                g.data_ptr(),
-                *spec.args(active),
-                gx.data_ptr(),
-                _threads(),
-            )
-        )
-        ctx.save_for_backward(table, g, xc)
+        _run("nf_hg_grad_x", spec, active, xc, [table, grad_out], [gx])
+        ctx.save_for_backward(table, grad_out, xc)
         ctx.spec, ctx.active = spec, active
         return gx
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg: Tensor):
-        table, g, xc = ctx.saved_tensors
-        spec, active = ctx.spec, ctx.active
+        table, grad_out, xc = ctx.saved_tensors
         g_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        g_out = torch.zeros_like(g) if ctx.needs_input_grad[1] else None
+        g_out = torch.zeros_like(grad_out) if ctx.needs_input_grad[1] else None
         if g_table is not None or g_out is not None:
-            ggc = gg.contiguous()  # held in a name: a temporary's memory could be freed before the call
-            _check(
-                native_kernels().nf_hg_grad_x_backward(
-                    spec.d,
-                    spec.f,
-                    xc.shape[0],
-                    xc.data_ptr(),
-                    table.data_ptr(),
-                    g.data_ptr(),
-                    ggc.data_ptr(),
-                    *spec.args(active),
-                    _ptr(g_table),
-                    _ptr(g_out),
-                    _threads(),
-                )
-            )
+            _run("nf_hg_grad_x_backward", ctx.spec, ctx.active, xc, [table, grad_out, gg], [g_table, g_out])
         return g_table, g_out, None, None, None
