@@ -184,6 +184,10 @@ class TrainConfig:
     normal_smoothness: float = 0.0
     """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
     points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""
+    normal_smoothness_order: int = 1
+    """1: the prior is the first difference of the normals, |n(x) - n(x + delta)| (any curvature costs, so it also
+    flattens true creases and fillets); 2: the second difference |n(x + delta) + n(x - delta) - 2 n(x)| (zero on
+    any surface of locally constant curvature -- spheres, cylinders, tori -- so only wrinkles cost)."""
     coarse_to_fine_steps: int = 0
     """Hash-grid fields: activate the grid's levels coarse to fine (Neuralangelo), from ``coarse_to_fine_start``
     levels to all of them evenly over this many steps (0 = every level from the start)."""

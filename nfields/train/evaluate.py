@@ -157,7 +157,10 @@ def evaluate_run(
         elif (has_gt and meta.get("shape") == "demo") or scene.name == "demo":
             ref, ref_normals = demo_reference_mesh(), demo_reference_normals
         if ref is not None:
-            geo = evaluate_geometry(field, ref, resolution=mesh_resolution, reference_normals=ref_normals)
+            train_cams = scene.cameras[list(scene.train_ids)]
+            geo = evaluate_geometry(
+                field, ref, resolution=mesh_resolution, reference_normals=ref_normals, cameras=train_cams
+            )
             out.update({k: v for k, v in geo.items() if isinstance(v, (int, float))})
             diag = float(np.linalg.norm(ref.bounds[1] - ref.bounds[0]))
             if "chamfer_l1" in geo:

@@ -97,6 +97,7 @@ def evaluate_geometry(
     chunk: int = 65536,
     save_mesh: str | Path | None = None,
     reference_normals=None,
+    cameras=None,
 ) -> dict[str, float]:
     """Extract the zero level set of an SDF field and compare it with a reference surface.
 
@@ -111,6 +112,9 @@ def evaluate_geometry(
         save_mesh: if given, the extracted mesh is written there (any format trimesh writes, e.g. ``.ply``).
         reference_normals: exact normals of the reference surface, (N, 3) points -> (N, 3) unit normals (e.g.
             :func:`demo_reference_normals`); default: the reference mesh's face normals.
+        cameras: the training cameras (:class:`~nfields.data.cameras.Cameras`, same coordinates): the normal error
+            is also reported over the reference points that at least one of them sees (``normal_mae_deg_seen``,
+            ``seen_fraction``); surface no camera sees (an object's underside) is unconstrained by the images.
 
     Returns:
         ``chamfer_l1`` (mean of ``accuracy`` -- extracted -> reference -- and ``completeness`` -- reference ->
@@ -137,13 +141,19 @@ def evaluate_geometry(
             n_ref = torch.as_tensor(np.asarray(reference.face_normals)[face_ref], dtype=torch.float32)
         _, n_pred = _field_sdf_and_normals(field, x_ref, chunk)
         cos = (n_pred * n_ref).sum(-1).clamp(-1.0, 1.0)
-        normal_mae = float(torch.rad2deg(torch.acos(cos)).mean())
+        err = torch.rad2deg(torch.acos(cos))
+        normal_mae = float(err.mean())
+        seen = None if cameras is None else seen_by_cameras(reference, x_ref, n_ref, cameras)
     finally:
         field.train(was_training)
+    visible = {}
+    if seen is not None:
+        visible["seen_fraction"] = float(seen.float().mean())
+        visible["normal_mae_deg_seen"] = float(err[seen].mean()) if seen.any() else math.nan
     if mesh is None or len(mesh.faces) == 0:
         return {
             "chamfer_l1": math.inf, "accuracy": math.inf, "completeness": math.inf, "normal_mae_deg": normal_mae,
-            "mesh_vertices": 0, "mesh_faces": 0,
+            "mesh_vertices": 0, "mesh_faces": 0, **visible,
         }  # fmt: skip
     if save_mesh is not None:
         mesh.export(str(save_mesh))
@@ -156,6 +166,30 @@ def evaluate_geometry(
         "accuracy": acc,
         "completeness": comp,
         "normal_mae_deg": normal_mae,
+        **visible,
         "mesh_vertices": len(mesh.vertices),
         "mesh_faces": len(mesh.faces),
     }
+
+
+def seen_by_cameras(reference: trimesh.Trimesh, x: Tensor, n: Tensor, cameras, offset: float = 1e-3) -> Tensor:
+    """Which surface points x (N, 3) with outward normals n (N, 3) at least one camera sees -> (N,) bool: inside
+    its image, in front of it, facing it, and not hidden by the ``reference`` surface (a shadow ray to the camera
+    centre, from ``offset`` off the surface)."""
+    from nfields.data.raycast import MeshRaycaster
+
+    caster = MeshRaycaster(reference)
+    seen = torch.zeros(len(x), dtype=torch.bool)
+    x, n = x.float(), n.float()
+    for i in range(len(cameras)):
+        centre = cameras.centers[i].float()
+        to_cam = centre - x
+        pix, depth = cameras.project(torch.full((len(x),), i), x)
+        cand = (
+            ~seen & (depth > 0) & ((n * to_cam).sum(-1) > 0)
+            & (pix[:, 0] >= 0) & (pix[:, 0] < cameras.width) & (pix[:, 1] >= 0) & (pix[:, 1] < cameras.height)
+        )  # fmt: skip
+        if cand.any():
+            d = torch.nn.functional.normalize(to_cam[cand], dim=-1)
+            seen[cand] = ~caster.occluded(x[cand] + offset * n[cand], d)
+    return seen

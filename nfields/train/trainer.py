@@ -384,12 +384,18 @@ class Trainer:
                 self.pbr_start_progress = self.schedule_progress(self.step) if self.step > 0 else 0.0
 
     def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-        """Mean |n(p) - n(p + delta)| of unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2): a cheap
-        curvature prior (neighbouring normals agree), trained through the double backward."""
-        both = torch.cat([p, p + eps * torch.randn_like(p)])
-        g = self.field.geometry_and_gradient(both, create_graph=True)[2]
+        """Curvature prior on unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2), trained through the
+        double backward: mean |n(p) - n(p + delta)| (``train.normal_smoothness_order`` 1: neighbouring normals
+        agree) or mean |n(p + delta) + n(p - delta) - 2 n(p)| (order 2: the curvature itself varies smoothly)."""
+        m = len(p)
+        delta = eps * torch.randn_like(p)
+        second = self.cfg.train.normal_smoothness_order == 2
+        pts = torch.cat([p, p + delta, p - delta] if second else [p, p + delta])
+        g = self.field.geometry_and_gradient(pts, create_graph=True)[2]
         n = torch.nn.functional.normalize(g, dim=-1)
-        return (n[: len(p)] - n[len(p) :]).norm(dim=-1).mean()
+        if second:
+            return (n[m : 2 * m] + n[2 * m :] - 2 * n[:m]).norm(dim=-1).mean()
+        return (n[:m] - n[m : 2 * m]).norm(dim=-1).mean()
 
     def eikonal_term(self, sample_grad: torch.Tensor | None) -> torch.Tensor:
         """Eikonal loss over the ray samples' SDF gradients plus ``train.eikonal_points`` random points in the aabb."""
@@ -560,6 +566,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         return RadianceField(aabb, **common)
     if m.sdf_normals not in ("finite_difference", "analytic"):
         raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    if cfg.train.normal_smoothness_order not in (1, 2):
+        raise NFieldsError(f"train.normal_smoothness_order {cfg.train.normal_smoothness_order}: valid: 1, 2")
     if m.sdf_fd_eps < 0:
         raise NFieldsError(f"model.sdf_fd_eps {m.sdf_fd_eps}: must be >= 0 (0 = tied to the active hash level)")
     if not 1 <= m.view_light_bands <= 4:

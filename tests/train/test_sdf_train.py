@@ -218,3 +218,55 @@ def test_light_has_its_own_learning_rate():
     cfg = build_config("demo", None, "tiny", ["model.shading=pbr", "train.light_warmup_steps=-1"])
     with pytest.raises(NFieldsError, match="train.light_warmup_steps -1"):
         build_field(cfg, aabb)
+
+
+def test_seen_surface_is_the_cap_a_camera_sees():
+    """One camera at distance 3 sees the cap of a radius-0.5 sphere: a (1 - r/d) / 2 = 5/12 share of its area; a
+    second sphere between them hides part of it."""
+    import numpy as np
+    import trimesh
+
+    from nfields.data.cameras import Cameras
+    from nfields.train.geometry_eval import seen_by_cameras
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    p, _ = trimesh.sample.sample_surface(sphere, 20_000, seed=0)
+    x = torch.as_tensor(np.asarray(p), dtype=torch.float32)
+    n = torch.nn.functional.normalize(x, dim=-1)
+    # OpenCV camera at +z*3 looking down -z: x right, y down, z forward = (1, 0, 0), (0, -1, 0), (0, 0, -1).
+    c2w = torch.tensor([[[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 3]]])
+    K = torch.tensor([[[200.0, 0, 100], [0, 200, 100], [0, 0, 1]]])
+    cams = Cameras(K=K, c2w=c2w, width=200, height=200)
+    seen = seen_by_cameras(sphere, x, n, cams)
+    assert math.isclose(seen.float().mean().item(), 5 / 12, abs_tol=0.01)
+    assert (x[seen, 2] > 0.5**2 / 3 - 0.01).all()  # only the cap above z = r^2 / d
+    # A blocker between the camera and the sphere's top hides the points behind it.
+    blocker = trimesh.creation.icosphere(subdivisions=3, radius=0.2)
+    blocker.apply_translation([0, 0, 1.5])
+    hidden = seen_by_cameras(trimesh.util.concatenate([sphere, blocker]), x, n, cams)
+    assert hidden.sum() < seen.sum() and not hidden[(x[:, :2].norm(dim=-1) < 0.05) & (x[:, 2] > 0)].any()
+
+
+def test_second_order_normal_prior_leaves_constant_curvature_alone():
+    """On an exact sphere the first difference of the normals costs ~|delta| / r; the second difference is ~0, so
+    the order-2 prior does not flatten true curvature. A bumpy sphere costs under both."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    p = torch.nn.functional.normalize(torch.randn(2048, 3), dim=-1) * 0.5
+    cfg = build_config("demo", "mlp", "tiny")
+    stub = SimpleNamespace(field=_sphere_field("analytic", radius=0.5), cfg=cfg)
+    first = Trainer.normal_smoothness_term(stub, p).item()
+    cfg.train.normal_smoothness_order = 2
+    second = Trainer.normal_smoothness_term(stub, p).item()
+    assert 0.015 < first < 0.05 and second < 0.002, (first, second)  # E|delta_t| / r = 0.01 * 1.25 / 0.5 = 0.025
+
+    class _Bumps(nn.Module):
+        def forward(self, x):
+            bump = 0.01 * torch.sin(40 * x).prod(-1, keepdim=True)
+            return torch.cat([bump, torch.zeros(len(x), 4)], -1)
+
+    stub.field.net = _Bumps()
+    assert Trainer.normal_smoothness_term(stub, p).item() > 10 * second
+    with pytest.raises(NFieldsError, match="normal_smoothness_order"):
+        build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_order=3"]), [-1, -1, -1, 1, 1, 1])
