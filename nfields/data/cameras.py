@@ -182,6 +182,13 @@ class Cameras:
         uvw = torch.einsum("mij,mj->mi", self.K[cam_idx], torch.cat([xy, torch.ones_like(depth)[:, None]], -1))
         return uvw[:, :2] / uvw[:, 2:], depth
 
+    def in_image(self, i: int, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Project world points (M, 3) into camera ``i`` -> pixels (M, 2) ``(x, y)`` and (M,) bool: in front of the
+        camera and inside its image."""
+        pix, depth = self.project(torch.full((len(points),), int(i), dtype=torch.long), points.float())
+        inside = (depth > 1e-8) & (pix[:, 0] >= 0) & (pix[:, 0] < self.width) & (pix[:, 1] >= 0)
+        return pix, inside & (pix[:, 1] < self.height)
+
     def scaled(self, factor: float) -> Cameras:
         """Cameras for images resized by ``factor`` (downscale 4 -> 0.25); width/height are rounded.
 

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 from torch import Tensor
 
+from nfields.data.cameras import Cameras
 from nfields.errors import NFieldsError
 
 # Vertices of the same grid edge computed by two neighbouring blocks differ only by float32 rounding of the block's
@@ -340,20 +341,17 @@ def cull_unseen(
         masks = np.asarray(torch.as_tensor(masks).cpu()) > 0.5
         if masks.shape != (len(c2w), height, width):
             raise NFieldsError(f"cull_unseen: masks must be (N,H,W)=({len(c2w)},{height},{width}), got {masks.shape}")
-    centres = mesh.triangles_center
-    seen = np.zeros(len(centres), dtype=bool)
+    cams = Cameras(K=torch.from_numpy(Ks).float(), c2w=torch.from_numpy(c2w).float(), width=width, height=height)
+    centres = torch.as_tensor(mesh.triangles_center, dtype=torch.float32)
+    seen = torch.zeros(len(centres), dtype=torch.bool)
     for i in range(len(c2w)):
-        R, t = c2w[i, :, :3], c2w[i, :, 3]
-        p = (centres - t) @ R  # world -> camera: R^T (x - t)
-        z = p[:, 2]
-        front = z > 1e-8
-        uv = p[:, :2] / np.where(front, z, 1.0)[:, None] @ Ks[i, :2, :2].T + Ks[i, :2, 2]
-        inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+        uv, inside = cams.in_image(i, centres)
         if masks is not None:
-            px = np.clip(uv[:, 0].astype(np.int64), 0, width - 1)
-            py = np.clip(uv[:, 1].astype(np.int64), 0, height - 1)
-            inside &= masks[i, py, px]
+            px = uv[:, 0].nan_to_num(0).long().clamp(0, width - 1).numpy()
+            py = uv[:, 1].nan_to_num(0).long().clamp(0, height - 1).numpy()
+            inside &= torch.from_numpy(masks[i, py, px])
         seen |= inside
+    seen = seen.numpy()
     return _submesh(mesh, seen)
 
 

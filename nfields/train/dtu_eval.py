@@ -134,9 +134,9 @@ def cull_by_masks(mesh: trimesh.Trimesh, cameras, masks: torch.Tensor, dilate_px
     keep = torch.ones(len(v), dtype=torch.bool)
     h, w = m.shape[1:]
     for i in range(len(m)):
-        pix, depth = cameras.project(torch.full((len(v),), i, dtype=torch.long), v)
+        pix, seen = cameras.in_image(i, v)
         x, y = pix[:, 0].floor().long(), pix[:, 1].floor().long()
-        seen = (depth > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        seen &= (x < w) & (y < h)  # masks at another size than the cameras
         inside = torch.zeros_like(seen)
         inside[seen] = m[i, y[seen], x[seen]]
         keep &= ~seen | inside

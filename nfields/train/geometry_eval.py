@@ -182,13 +182,8 @@ def seen_by_cameras(reference: trimesh.Trimesh, x: Tensor, n: Tensor, cameras, o
     seen = torch.zeros(len(x), dtype=torch.bool)
     x, n = x.float(), n.float()
     for i in range(len(cameras)):
-        centre = cameras.centers[i].float()
-        to_cam = centre - x
-        pix, depth = cameras.project(torch.full((len(x),), i), x)
-        cand = (
-            ~seen & (depth > 0) & ((n * to_cam).sum(-1) > 0)
-            & (pix[:, 0] >= 0) & (pix[:, 0] < cameras.width) & (pix[:, 1] >= 0) & (pix[:, 1] < cameras.height)
-        )  # fmt: skip
+        to_cam = cameras.centers[i].float() - x
+        cand = ~seen & cameras.in_image(i, x)[1] & ((n * to_cam).sum(-1) > 0)
         if cand.any():
             d = torch.nn.functional.normalize(to_cam[cand], dim=-1)
             seen[cand] = ~caster.occluded(x[cand] + offset * n[cand], d)
