@@ -9,6 +9,9 @@
     python apps/diag_pbr.py fit RUN --views 1 9 25  # masked PSNR on any views (training ones too), low / high freq.
     python apps/diag_pbr.py speed RUN --steps 10    # ms per training step: position-gradient and cull variants
     python apps/diag_pbr.py materials RUN --view 24 # learned roughness / metallic / albedo on a view's surface
+    python apps/diag_pbr.py oracle-light NAME [--set K=V ...]  # train the demo under its true light, held fixed
+    python apps/diag_pbr.py albedo-regions RUN      # aligned albedo PSNR by region: edges, metal, dark pixels
+    python apps/diag_pbr.py ceiling --lights 0 16 64 --sky 0 4 8  # the shading model's own error on the demo's truth
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -52,12 +55,23 @@ machine's speed drift hits every variant alike; prints ms per step and rays per 
 ``materials``: any SDF + PBR run (DTU too): the 5/25/50/75/95 % quantiles of the learned roughness and metallic and
 the mean albedo at the surface points of ``--view`` (rendered at 1/4 size, opacity > 0.99), and the learned light's
 texel range -- e.g. whether a run imitates a diffuse look with a rough metal.
+
+``oracle-light``: trains a generated scene (default the demo) with the cpu preset (plus ``--set`` overrides) under its
+*true* light, frozen -- what geometry and materials reach when the light is right; evaluate with ``nfields eval``.
+
+``ceiling``: no training -- the demo's true geometry, materials and light shaded by the training shader, against
+its Monte Carlo images (image PSNR) and inverted per pixel for the albedo (dielectric pixels): the most a perfect
+optimisation could reach with that shading model, per shadow setting (``--lights`` brightest texels, ``--sky`` rows
+of the rest of the sky, ``model.shadow_sky``).
+
+``albedo-regions``: a generated-scene run's aligned albedo PSNR by region (silhouette pixels, metal, dark pixels, ...).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -115,6 +129,16 @@ def maps(run: Path, out: Path) -> None:
         ga = _load(gt / "albedo" / f"{i:06d}.png")
         pa = linear_to_srgb((srgb_to_linear(mats["albedo"]) * k).clamp(0, 1))
         row += [ga * m3, pa * m3, ((pa - ga).abs() * 4).clamp(0, 1) * m3]
+        metal = _load(gt / "metallic" / f"{i:06d}.png")[..., 0] > 0.5
+        for label, part in (("metal", mask & metal), ("dielectric", mask & ~metal)):
+            if part.any():
+                mse = ((pa - ga)[part] ** 2).mean()
+                rough = mats["roughness"][..., 0][part].mean()
+                print(
+                    f"  {label}: {part.sum().item()} px, albedo PSNR {-10 * torch.log10(mse).item():.2f} dB, "
+                    f"learned metallic {mats['metallic'][..., 0][part].mean():.2f}, roughness {rough:.2f}, "
+                    f"normal error {ang[part].mean():.2f} deg"
+                )
         for mode in ("roughness", "metallic"):
             row += [_load(gt / mode / f"{i:06d}.png") * m3, mats[mode] * m3]
         rows.append(torch.cat(row, 1))
@@ -403,6 +427,145 @@ def materials(run: Path, view: int = 24) -> None:
     print(f"  learned light: texel radiance {lum.min():.3f} .. {lum.max():.3f}, max / median {ratio:.1f}")
 
 
+def oracle_light(
+    name: str, scene: str = "demo", overrides: list[str] | None = None, out: Path = Path("bench_out/runs")
+):
+    """Train ``scene`` (a generated scene: gt/scene.json + its sky) like ``nfields train --preset cpu`` but with the
+    learned light replaced by the scene's true one (times its exposure, area-averaged to the learned map's size) and
+    frozen: what the materials and geometry reach when the light is right. Evaluate with ``nfields eval``."""
+    from nfields.config import build_config
+    from nfields.data.hdr import read_hdr
+    from nfields.render.envmap import downsample_equirect
+    from nfields.train.checkpoint import new_run_dir
+    from nfields.train.trainer import Trainer
+
+    cfg = build_config(scene, None, "cpu", ["train.eval_every=0", *(overrides or [])])
+    run_dir = new_run_dir(out, name)
+    cfg.name = run_dir.name
+    tr = Trainer(cfg, run_dir, progress=True)
+    meta = json.loads((Path(tr.scene.root) / "gt" / "scene.json").read_text())
+    sky = Path(meta["envmap"])
+    sky = sky if sky.is_absolute() or sky.exists() else Path(tr.scene.root) / sky
+    env = tr.field.env
+    h, w, _ = env.log_radiance.shape
+    true = downsample_equirect(torch.from_numpy(read_hdr(sky)).float(), h, w) * float(meta["exposure"])
+    with torch.no_grad():
+        env.log_radiance.copy_(true.clamp_min(1e-6).log())
+        for c in env.coarse:
+            c.zero_()
+    for prm in env.parameters():
+        prm.requires_grad_(False)
+    print(f"{run_dir}: true light {sky} x {meta['exposure']:.3f}, {h}x{w} texels, frozen")
+    print(json.dumps(tr.train()))
+
+
+@torch.no_grad()
+def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_list: tuple[int, ...] = (0,)) -> None:
+    """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
+    training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the
+    sky's texels at sky x 2 sky, see ``model.shadow_sky`` -- through a ``resolution``^3 SDF lattice), against
+    the demo's Monte Carlo images: the image PSNR a perfect reconstruction would reach, and the albedo PSNR of
+    inverting the shader per pixel (dielectric pixels: what the image implies the albedo is, given everything else
+    true). Where these fall short of the targets, the shading model, not the optimisation, is what limits."""
+    from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
+    from nfields.data.resolve import resolve_scene_path
+    from nfields.data.synthetic import demo_cameras, demo_sdf
+    from nfields.render.envmap import EnvironmentMap, LearnedEnvironment
+    from nfields.render.shading import linear_to_srgb, shade_pbr, srgb_to_linear
+    from nfields.render.shadows import ShadowVolume, shadow_lights
+
+    root = resolve_scene_path("demo")
+    sky = procedural_sky()
+    exposure = auto_exposure(EnvironmentMap(sky))
+    env = LearnedEnvironment.from_image(sky, 16, 32)
+    cams = demo_cameras(40, 200, 0)  # generate_demo_scene's defaults
+    surface = DemoSurface()
+    volume = ShadowVolume(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), resolution)
+    volume.update(demo_sdf)
+    for k, sky in [(k, sky) for k in lights_list for sky in sky_list if k or not sky]:
+        img_err, alb_err, n_img, n_alb, t0 = 0.0, 0.0, 0, 0, time.perf_counter()
+        for i in views:
+            rays = cams.image_rays(i)
+            hit, t, n = surface.intersect(rays.origins, rays.directions)
+            j = torch.nonzero(hit).squeeze(-1)
+            p, n, v = rays.origins[j] + t[j, None] * rays.directions[j], n[j], -rays.directions[j]
+            a, r, m = procedural_materials(p)
+            shadow = None
+            if k:
+                lights = shadow_lights(env, k, sky)
+                shadow = (volume.visibility(p, n, lights.dirs, softness=lights.softness), lights)
+            rgb = shade_pbr(n, v, a, r, m, env, shadow=shadow) * exposure
+            photo = _load(root / "image" / f"{i:06d}.png").reshape(-1, 3)[j]
+            img_err += float(((linear_to_srgb(rgb.clamp(0, 1)) - photo) ** 2).sum())
+            n_img += photo.numel()
+            # Invert for albedo on dielectric pixels: rgb = albedo * diffuse(albedo 1) + specular (f0 = 0.04).
+            d = m < 0.5
+            _, diff1, spec = shade_pbr(
+                n[d],
+                v[d],
+                torch.ones_like(a[d]),
+                r[d],
+                torch.zeros_like(m[d]),
+                env,
+                True,
+                None if shadow is None else (shadow[0][d], shadow[1]),
+            )
+            est = (srgb_to_linear(photo[d]) / exposure - spec) / diff1.clamp_min(1e-6)
+            alb_err += float(((linear_to_srgb(est.clamp(0, 1)) - linear_to_srgb(a[d])) ** 2).sum())
+            n_alb += est.numel()
+        print(
+            f"shadow lights {k:4d}, sky {sky}: image PSNR {-10 * math.log10(img_err / n_img):.2f} dB, albedo by "
+            f"inversion (dielectric) {-10 * math.log10(alb_err / n_alb):.2f} dB ({time.perf_counter() - t0:.1f} s)"
+        )
+
+
+@torch.no_grad()
+def albedo_regions(run: Path) -> None:
+    """The aligned albedo PSNR (sRGB, the alignment of ``nfields eval``) of a generated-scene run over every held-out
+    view, by region: the whole mask (composited over black, ``albedo_psnr_composited``), the mask eroded by 2 pixels,
+    its dielectric part, the true metal, the partly covered pixels (opacity < 0.99), the darkest quarter of the
+    photo's masked pixels and the rest; and, for scale, the true albedo against itself blurred by 5 x 5 (its fine
+    detail)."""
+    import torch.nn.functional as F
+
+    from nfields.render.shading import linear_to_srgb, srgb_to_linear
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    root = Path(tr.scene.root)
+    gt = root / "gt"
+    k = _albedo_scale(run)
+    acc: dict[str, list[float]] = {}
+
+    def add(name: str, err: torch.Tensor) -> None:
+        s, n = acc.get(name, [0.0, 0])
+        acc[name] = [s + float(err.sum()), n + err.numel()]
+
+    for i in tr.scene.test_ids:
+        r = _render_material(tr, i, "albedo")
+        pa = linear_to_srgb((srgb_to_linear(r["rgb"]) * k).clamp(0, 1))
+        ga = _load(gt / "albedo" / f"{i:06d}.png")
+        mask = _load(root / "mask" / f"{i:03d}.png")[..., 0] > 0.5
+        eroded = ~(F.max_pool2d((~mask).float()[None, None], 5, 1, 2)[0, 0] > 0)
+        metal = _load(gt / "metallic" / f"{i:06d}.png")[..., 0] > 0.5
+        photo = _load(root / "image" / f"{i:06d}.png").mean(-1)
+        dark = photo <= photo[mask].quantile(0.25)
+        e = (pa - ga) ** 2
+        add("whole mask (composited)", e[mask])
+        add("mask eroded by 2 px", e[eroded])
+        add("eroded, dielectric", e[eroded & ~metal])
+        add("true metal", e[mask & metal])
+        add("partly covered (opacity < 0.99)", e[mask & (r["opacity"] < 0.99)])
+        add("darkest quarter of the photo", e[mask & dark])
+        add("the other three quarters", e[mask & ~dark])
+        blurred = F.avg_pool2d(ga.permute(2, 0, 1)[None], 5, 1, 2)[0].permute(1, 2, 0)
+        add("true albedo vs itself blurred 5x5", ((blurred - ga) ** 2)[eroded])
+    total = acc["whole mask (composited)"][1]
+    print(f"{run}: aligned albedo PSNR by region over {len(tr.scene.test_ids)} held-out views")
+    for name, (s, n) in acc.items():
+        print(f"  {name:36s} {100 * n / total:5.1f} % of the mask  {-10 * math.log10(s / n):6.2f} dB")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -432,13 +595,30 @@ def main(argv: list[str] | None = None) -> None:
     pmt = sub.add_parser("materials")
     pmt.add_argument("run", type=Path)
     pmt.add_argument("--view", type=int, default=24)
+    po = sub.add_parser("oracle-light")
+    po.add_argument("name")
+    po.add_argument("--scene", default="demo")
+    po.add_argument("--set", nargs="*", default=[])
+    par = sub.add_parser("albedo-regions")
+    par.add_argument("run", type=Path)
+    pc = sub.add_parser("ceiling")
+    pc.add_argument("--lights", type=int, nargs="+", default=[0, 16, 64, 256])
+    pc.add_argument("--views", type=int, nargs="+", default=[0, 8, 16])
+    pc.add_argument("--resolution", type=int, default=64)
+    pc.add_argument("--sky", type=int, nargs="+", default=[0])
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
     from nfields.errors import NFieldsError
 
     try:
-        if args.cmd == "noise":
+        if args.cmd == "albedo-regions":
+            albedo_regions(args.run)
+        elif args.cmd == "ceiling":
+            ceiling(args.lights, args.views, args.resolution, args.sky)
+        elif args.cmd == "oracle-light":
+            oracle_light(args.name, args.scene, args.set)
+        elif args.cmd == "noise":
             noise(args.spp)
         elif args.cmd == "profile":
             profile(args.run, args.steps, args.warmup)

@@ -88,6 +88,10 @@ class ModelConfig:
     shadow_lights: int = 0
     """pbr: cast shadows from this many of the light's brightest texels (soft sphere tracing through a cached copy
     of the SDF, once per ray; see render/shadows.py); 0 = unshadowed split-sum lighting."""
+    shadow_sky: int = 0
+    """pbr with shadows: also shadow the rest of the sky, as the texels of a shadow_sky x 2 shadow_sky copy of the
+    light without its brightest texels (soft, broad lights: the sky's occlusion in concave parts); must divide 16;
+    0 = the brightest texels only (see render/shadows.py)."""
     shadow_resolution: int = 64
     """pbr with shadows: vertices per side of the cached SDF lattice the shadow rays march through."""
     local_light: bool = False

@@ -17,7 +17,9 @@ inverse-rendering literature (NeRFactor, TensoIR) does. Relighting with a new ma
 
 Shadows (``shadow_lights`` > 0): the brightest texels of the light cast soft shadows, traced per ray through a
 cached copy of the SDF (:mod:`nfields.render.shadows`); the renderer asks :meth:`PBRField.shadow_visibility` at
-each ray's surface point and passes the result to :meth:`PBRField.color`.
+each ray's surface point and passes the result to :meth:`PBRField.color`. With ``shadow_sky`` > 0 the rest of the
+sky casts soft shadows too, as the texels of a coarse copy of the light without its brightest ones
+(:func:`~nfields.render.shadows.shadow_lights`).
 
 Local light (``local_light``): a distant environment lights every point alike, which a real capture does not --
 lamps near the object (DTU's LED rig), light bounced between its own surfaces, a room rather than a sky. Those
@@ -89,7 +91,7 @@ from nfields.errors import NFieldsError
 from nfields.fields.sdf import SDFField, mlp
 from nfields.render.envmap import LearnedEnvironment, world_to_map
 from nfields.render.shading import linear_to_srgb, reflect, shade_pbr
-from nfields.render.shadows import ShadowVolume, brightest_texels
+from nfields.render.shadows import SHADOW_MAP_HW, ShadowVolume, shadow_lights
 
 RENDER_MODES = ("rgb", "albedo", "roughness", "metallic")
 MIN_ALBEDO, MIN_ROUGHNESS = 0.03, 0.08
@@ -231,7 +233,8 @@ class PBRField(SDFField):
     features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
     ``env_lr_mult`` (the light's learning rate relative to the rest), ``env_levels`` (the light as a pyramid of
     that many grids), ``up_axis`` of the environment (``"-y"`` for
-    DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none) and
+    DTU's normalised frame, ``"z"`` for generated scenes), ``shadow_lights`` (shadow-casting texels, 0 = none),
+    ``shadow_sky`` (rows of the coarse sky whose texels also cast shadows, 0 = none) and
     ``shadow_resolution`` (cached SDF lattice), ``local_light`` (add a :class:`LocalIrradiance`; see the module
     docstring), ``material_grid`` (finest resolution of the material head's own hash grid, 0 = none; see the module
     docstring), ``camera_light`` (initial radiance of a light attached to the camera, 0 = none; see the module
@@ -252,6 +255,7 @@ class PBRField(SDFField):
         env_levels: int = 1,
         up_axis: str = "z",
         shadow_lights: int = 0,
+        shadow_sky: int = 0,
         shadow_resolution: int = 64,
         local_light: bool = False,
         material_grid: int = 0,
@@ -287,7 +291,12 @@ class PBRField(SDFField):
                 f"model.shadow_lights {shadow_lights} / shadow_resolution {shadow_resolution}: need >= 0 lights and "
                 "a lattice of >= 8"
             )
+        if shadow_sky < 0 or (shadow_sky and (not shadow_lights or SHADOW_MAP_HW[0] % shadow_sky)):
+            raise NFieldsError(
+                f"model.shadow_sky {shadow_sky}: must be 0 or divide {SHADOW_MAP_HW[0]}, with model.shadow_lights > 0"
+            )
         self.shadow_lights = int(shadow_lights)
+        self.shadow_sky = int(shadow_sky)
         object.__setattr__(self, "shadow_volume", ShadowVolume(self.aabb, shadow_resolution) if shadow_lights else None)
         self.local_light = LocalIrradiance() if local_light else None
         if not camera_light >= 0:
@@ -338,14 +347,23 @@ class PBRField(SDFField):
     def _light(self):
         return self.relight_env if self.relight_env is not None else self.env
 
+    @property
+    def n_shadow_casters(self) -> int:
+        """How many lights :meth:`shadow_casters` gives: the brightest texels plus the coarse sky's texels."""
+        return min(self.shadow_lights, SHADOW_MAP_HW[0] * SHADOW_MAP_HW[1]) + 2 * self.shadow_sky**2
+
+    def shadow_casters(self, env):
+        """The lights of ``env`` that cast shadows (:func:`~nfields.render.shadows.shadow_lights`)."""
+        return shadow_lights(env, self.shadow_lights, self.shadow_sky)
+
     @torch.no_grad()
     def shadow_visibility(self, points: Tensor, normals: Tensor) -> Tensor:
-        """Visibility (M, K) in [0, 1] of the light's K brightest texels from surface points (M, 3) with unit
-        normals (M, 3); builds the shadow lattice on first use."""
+        """Visibility (M, K) in [0, 1] of the light's K shadow-casting lights (:meth:`shadow_casters`) from surface
+        points (M, 3) with unit normals (M, 3); builds the shadow lattice on first use."""
         if self.shadow_volume.volume is None:
             self.update_shadows()
-        lights = brightest_texels(self._light(), self.shadow_lights)
-        return self.shadow_volume.visibility(points, normals, lights.dirs)
+        lights = self.shadow_casters(self._light())
+        return self.shadow_volume.visibility(points, normals, lights.dirs, softness=lights.softness)
 
     def stage_parameters(self) -> list:
         """The parameters that only the PBR stage trains (material head and light); the trainer gives them a
@@ -403,7 +421,7 @@ class PBRField(SDFField):
         if self.detach_color_normals == "all":
             normals = normals.detach()
         env = self._light()
-        shadow = None if visibility is None else (visibility, brightest_texels(env, self.shadow_lights))
+        shadow = None if visibility is None else (visibility, self.shadow_casters(env))
         local = self.local_irradiance(points, normals)
         if self._near() and points is not None:  # the world light only: an attached light moves with the camera
             lo, hi = self.aabb[:3], self.aabb[3:]

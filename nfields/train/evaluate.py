@@ -4,7 +4,10 @@ Always: held-out view PSNR / SSIM (inside the mask for masked scenes) and mask I
 the mask). For SDF runs on a scene with ground truth (``nfields make-scene`` writes ``gt/``): Chamfer-L1 and
 normal error against ``gt/mesh.ply`` (or the analytic demo surface), per-pixel normal MAE against ``gt/normal``,
 and for SDF + PBR runs albedo PSNR after per-channel scale alignment (the albedo x light ambiguity; least squares
-in linear space over foreground pixels, then PSNR in sRGB) and relit PSNR: the run re-rendered under the scene's
+in linear space, then PSNR in sRGB) over the masked pixels the reconstruction covers (opacity > 0.5, the rendered
+albedo divided by its opacity: the material, as the normals are; ``albedo_psnr_composited`` keeps the definition
+used until session 27, the albedo composited over black on every masked pixel, which also charges the albedo for
+partly covered silhouette pixels) and relit PSNR: the run re-rendered under the scene's
 second light (``gt/scene.json``: the same map turned by ``relight_rotation_deg``, times the scene's exposure) with
 the aligned albedo, against ``gt/relit``. Everything is measured in the scene's normalised frame, except DTU's
 official metric in millimetres (``dtu_gt``: the folder with DTU's ``Points/`` and ``ObsMask/``; see
@@ -88,7 +91,7 @@ def evaluate_run(
     out: dict = {"run": str(run_dir), "step": trainer.step, "psnr": base["psnr"], "ssim": base["ssim"]}
     out["masked"] = base["masked"]
 
-    ious, normal_errs, alb_pred, alb_gt, views = [], [], [], [], []
+    ious, normal_errs, alb_pred, alb_gt, alb_comp, views = [], [], [], [], [], []
     for i in scene.test_ids:
         r = renderer.render_image(scene.cameras, i, background=trainer.background, downscale=ds)
         h, w = r["opacity"].shape
@@ -109,12 +112,16 @@ def evaluate_run(
         if has_gt and is_pbr:
             field.render_mode = "albedo"
             try:
-                a = renderer.render_image(scene.cameras, i, background=None, downscale=ds)["rgb"]
+                ra = renderer.render_image(scene.cameras, i, background=None, downscale=ds)
             finally:
                 field.render_mode = "rgb"
             ga = _gt_image(gt_dir / "albedo" / f"{i:06d}.png", (h, w), ds)
-            alb_pred.append(srgb_to_linear(a[m]))
-            alb_gt.append(srgb_to_linear(ga[m]))
+            # The material where the reconstruction covers the pixel (like the normals): the composited albedo
+            # divided by the opacity; and, as before session 27, composited over black on every masked pixel.
+            both = m & (ra["opacity"] > 0.5)
+            alb_pred.append(srgb_to_linear((ra["rgb"][both] / ra["opacity"][both, None]).clamp(0, 1)))
+            alb_gt.append(srgb_to_linear(ga[both]))
+            alb_comp.append((srgb_to_linear(ra["rgb"][m]), srgb_to_linear(ga[m])))
     if ious:
         out["mask_iou"] = float(np.mean(ious))
     if normal_errs:
@@ -124,6 +131,8 @@ def evaluate_run(
         k = albedo_scale(p, g)
         out["albedo_scale"] = [round(float(v), 4) for v in k]
         out["albedo_psnr"] = psnr(linear_to_srgb(p * k), linear_to_srgb(g))
+        pc, gc = (torch.cat(t) for t in zip(*alb_comp))
+        out["albedo_psnr_composited"] = psnr(linear_to_srgb(pc * albedo_scale(pc, gc)), linear_to_srgb(gc))
         env_file = Path(meta["envmap"])
         if not env_file.is_absolute() and not env_file.exists():
             env_file = scene_dir / env_file

@@ -115,8 +115,8 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     from nfields.render.renderer import RenderConfig, Renderer
     from nfields.types import Rays
 
-    def sphere_field(k):
-        f = _field(shadow_lights=k)
+    def sphere_field(k, sky=0):
+        f = _field(shadow_lights=k, shadow_sky=sky)
         with torch.no_grad():
             for p in f.net.parameters():
                 p.zero_()  # the initial sphere of radius 0.5
@@ -129,22 +129,30 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     target = torch.randn(256, 3, generator=g) * 0.2
     rays = Rays(origins, torch.nn.functional.normalize(target - origins, dim=-1))
     outs = []
-    for k in (0, 8):
-        f = sphere_field(k)
+    for k, sky in ((0, 0), (8, 0), (8, 4)):  # no shadows; the brightest texels; and the rest of the sky too
+        f = sphere_field(k, sky)
         r = Renderer(f, RenderConfig(n_steps=256, grid_resolution=32, stratified=False)).eval()
         r.update_grid(0)
         assert f.wants_shadows() == (k > 0)
         outs.append((f, r(rays)))
-    (_, plain), (f, shadowed) = outs
-    assert f.shadow_volume.volume is not None  # built with the occupancy grid
+    (_, plain), *shadowed_runs = outs
     hit = plain.opacity > 0.5
     assert hit.sum() > 50
-    assert (plain.rgb[hit] - shadowed.rgb[hit]).abs().max() < 0.02
+    for f, shadowed in shadowed_runs:
+        assert f.shadow_volume.volume is not None  # built with the occupancy grid
+        assert (plain.rgb[hit] - shadowed.rgb[hit]).abs().max() < 0.02
+    f = shadowed_runs[0][0]
     f.env.log_radiance.grad = None
     r = Renderer(f, RenderConfig(n_steps=256, grid_resolution=32, stratified=False))
     r.update_grid(0)
     r(rays).rgb.sum().backward()
     assert f.env.log_radiance.grad[4, 10].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw", [{"shadow_sky": 4}, {"shadow_lights": 8, "shadow_sky": 3}, {"shadow_sky": -1}])
+def test_shadow_sky_needs_lights_and_a_divisor_of_the_shadow_map(kw):
+    with pytest.raises(NFieldsError, match="shadow_sky"):
+        _field(**kw)
 
 
 def test_local_light_adds_albedo_times_its_irradiance_and_relighting_drops_it():

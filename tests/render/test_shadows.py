@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from nfields.render.envmap import EnvironmentMap, LearnedEnvironment
+from nfields.errors import NFieldsError
+from nfields.render.envmap import EnvironmentMap, LearnedEnvironment, texel_solid_angle
 from nfields.render.shading import shade_pbr
-from nfields.render.shadows import ShadowVolume, brightest_texels
+from nfields.render.shadows import ShadowVolume, brightest_texels, shadow_lights
 
 AABB = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
 
@@ -80,3 +81,37 @@ def test_shading_with_full_visibility_is_unshadowed_and_blocking_removes_the_sun
     assert sun > 0.2 * env.irradiance(n[:1]).mean()  # the sun is a large part of the light here
     assert (blocked < 0.8 * plain).all() and (blocked >= 0).all()
     assert math.isfinite(float(blocked.sum()))
+
+
+def test_sky_lights_partition_the_light_and_shadow_the_sky_under_an_overhang(volume):
+    tex = torch.full((16, 32, 3), 0.5)
+    tex[4, 10] = 40.0
+    env = EnvironmentMap(tex, up_axis="z")
+    sun_only = shadow_lights(env, 4)
+    assert torch.equal(sun_only.dirs, brightest_texels(env, 4).dirs) and sun_only.softness.shape == (4,)
+    with_sky = shadow_lights(env, 4, sky_rows=4)
+    assert len(with_sky.dirs) == 4 + 32 and with_sky.softness[4:].max() < with_sky.softness[:4].min()
+    # The sun texels and the coarse copy of the rest carry exactly the light's power, once.
+    power = (with_sky.radiance * with_sky.solid_angle[:, None]).sum(0)
+    assert torch.allclose(power, (tex * texel_solid_angle(16, 32)[..., None]).sum((0, 1)), rtol=1e-4)
+    # A uniform sky (no sun): on the floor under the ball (radius 0.3, centre 0.5 up) the ball hides the cosine-
+    # weighted fraction sin^2(asin(0.3 / 0.5)) = 0.36 of the sky; far away, next to nothing. The soft-shadow estimate
+    # is one-sided (rays that pass close to the ball count as partly blocked), so even every texel of the 16 x 32
+    # map as a light gives ~0.50 lit, not 0.64; the coarse sky converges to that as it gets finer.
+    sky = EnvironmentMap(torch.full((16, 32, 3), 1.0), up_axis="z")
+    points = torch.tensor([[0.0, 0.0, -0.5], [0.95, 0.95, -0.5]])
+    normals = torch.tensor([[0.0, 0.0, 1.0]]).expand(2, 3)
+    ones, rough, metal = torch.ones(2, 3), torch.full((2,), 1.0), torch.zeros(2)
+    plain = shade_pbr(normals, normals, ones, rough, metal, sky)
+
+    def lit(k, rows):
+        lights = shadow_lights(sky, k, sky_rows=rows)
+        vis = volume.visibility(points, normals, lights.dirs, softness=lights.softness)
+        return (shade_pbr(normals, normals, ones, rough, metal, sky, shadow=(vis, lights)) / plain).mean(-1)
+
+    every = lit(16 * 32, 0)
+    assert 0.4 < every[0] < 0.6 and every[1] > 0.95
+    errors = [float((lit(4, rows) - every).abs().max()) for rows in (4, 8)]
+    assert errors[0] < 0.1 and errors[1] < 0.05, errors
+    with pytest.raises(NFieldsError, match="shadow_sky 3"):
+        shadow_lights(sky, 4, sky_rows=3)
