@@ -80,6 +80,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nfields.errors import NFieldsError
+
 
 def _load(path: Path) -> torch.Tensor:
     a = np.array(Image.open(path)).astype(np.float32) / 255.0
@@ -218,7 +220,6 @@ def albedo_bias(run: Path, n_bins: int = 8) -> None:
 @torch.no_grad()
 def views(run: Path, every: int = 3, downscale: int = 4) -> None:
     """Print per-view brightness ratios photo / render inside the mask (see the module docstring)."""
-    from nfields.errors import NFieldsError
     from nfields.train.metrics import psnr
     from nfields.train.render_run import open_run
 
@@ -435,17 +436,22 @@ def oracle_light(
     frozen: what the materials and geometry reach when the light is right. Evaluate with ``nfields eval``."""
     from nfields.config import build_config
     from nfields.data.hdr import read_hdr
+    from nfields.data.resolve import resolve_scene_path
     from nfields.render.envmap import downsample_equirect
     from nfields.train.checkpoint import new_run_dir
     from nfields.train.trainer import Trainer
 
+    root = resolve_scene_path(scene)
+    meta_file = root / "gt" / "scene.json"
+    if not meta_file.exists():
+        raise NFieldsError(f"{root}: no gt/scene.json; oracle-light needs a generated scene (nfields make-scene)")
+    meta = json.loads(meta_file.read_text())
+    sky = Path(meta["envmap"])
+    sky = sky if sky.is_absolute() or sky.exists() else root / sky
     cfg = build_config(scene, None, "cpu", ["train.eval_every=0", *(overrides or [])])
     run_dir = new_run_dir(out, name)
     cfg.name = run_dir.name
     tr = Trainer(cfg, run_dir, progress=True)
-    meta = json.loads((Path(tr.scene.root) / "gt" / "scene.json").read_text())
-    sky = Path(meta["envmap"])
-    sky = sky if sky.is_absolute() or sky.exists() else Path(tr.scene.root) / sky
     env = tr.field.env
     h, w, _ = env.log_radiance.shape
     true = downsample_equirect(torch.from_numpy(read_hdr(sky)).float(), h, w) * float(meta["exposure"])
@@ -534,6 +540,8 @@ def albedo_regions(run: Path) -> None:
     tr = open_run(run)
     root = Path(tr.scene.root)
     gt = root / "gt"
+    if not (gt / "albedo").is_dir():
+        raise NFieldsError(f"{run}: its scene has no gt/albedo; albedo-regions needs a generated scene")
     k = _albedo_scale(run)
     acc: dict[str, list[float]] = {}
 
@@ -609,7 +617,6 @@ def main(argv: list[str] | None = None) -> None:
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
-    from nfields.errors import NFieldsError
 
     try:
         if args.cmd == "albedo-regions":

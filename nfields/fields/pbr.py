@@ -347,11 +347,6 @@ class PBRField(SDFField):
     def _light(self):
         return self.relight_env if self.relight_env is not None else self.env
 
-    @property
-    def n_shadow_casters(self) -> int:
-        """How many lights :meth:`shadow_casters` gives: the brightest texels plus the coarse sky's texels."""
-        return min(self.shadow_lights, SHADOW_MAP_HW[0] * SHADOW_MAP_HW[1]) + 2 * self.shadow_sky**2
-
     def shadow_casters(self, env):
         """The lights of ``env`` that cast shadows (:func:`~nfields.render.shadows.shadow_lights`)."""
         return shadow_lights(env, self.shadow_lights, self.shadow_sky)

@@ -220,11 +220,11 @@ class Renderer(nn.Module):
         """Per-sample shadow visibility (S, K) of a shadowed PBR field, traced once per ray from its expected surface
         point (the ray's composited depth and normal; rays with opacity < 0.05 count as unshadowed)."""
         hit = torch.nonzero(opacity > 0.05).squeeze(-1)
-        vis_ray = torch.ones(len(opacity), self.field.n_shadow_casters, device=opacity.device)
-        if len(hit):
-            pts = origins[hit] + dirs[hit] * depth[hit, None]
-            unit = normals[hit] / normals[hit].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            vis_ray[hit] = self.field.shadow_visibility(pts, unit)
+        pts = origins[hit] + dirs[hit] * depth[hit, None]
+        unit = normals[hit] / normals[hit].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        vis = self.field.shadow_visibility(pts, unit)  # (hits, K): K from the field's shadow casters
+        vis_ray = torch.ones(len(opacity), vis.shape[1], device=opacity.device)
+        vis_ray[hit] = vis
         return vis_ray[ri]
 
     @torch.no_grad()

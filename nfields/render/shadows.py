@@ -78,7 +78,11 @@ def brightest_texels(env, k: int, hw: tuple[int, int] = SHADOW_MAP_HW) -> Shadow
     the choice of texels is not differentiated, their radiance is.
     """
     every, idx = _brightest(env, k, hw)
-    return ShadowLights(every.dirs[idx], every.radiance[idx], every.solid_angle[idx])
+    return _subset(every, idx)
+
+
+def _subset(lights: ShadowLights, idx: Tensor) -> ShadowLights:
+    return ShadowLights(*(None if f is None else f[idx] for f in lights))
 
 
 def _texel_softness(rows: int) -> float:
@@ -98,7 +102,7 @@ def shadow_lights(env, k: int, sky_rows: int = 0, hw: tuple[int, int] = SHADOW_M
     texels shadowed, 27.0 dB with 256; ``python apps/diag_pbr.py ceiling``).
     """
     every, idx = _brightest(env, k, hw)
-    sun = ShadowLights(every.dirs[idx], every.radiance[idx], every.solid_angle[idx])
+    sun = _subset(every, idx)
     soft_sun = torch.full((len(idx),), _texel_softness(hw[0]), device=sun.dirs.device)
     if sky_rows <= 0:
         return sun._replace(softness=soft_sun)
