@@ -12,6 +12,7 @@
     python apps/diag_pbr.py oracle-light NAME [--set K=V ...]  # train the demo under its true light, held fixed
     python apps/diag_pbr.py albedo-regions RUN      # aligned albedo PSNR by region: edges, metal, dark pixels
     python apps/diag_pbr.py ceiling --lights 0 16 64 --sky 0 4 8  # the shading model's own error on the demo's truth
+    python apps/diag_pbr.py ceiling --lights 16 --sky 8 --sky-cache 0 16 32  # ... with the sky's visibility cached
 
 ``maps``: one row per held-out view (first three): the training image; ground-truth and rendered normals with the
 per-pixel angle error (white = 30 deg or more); ground-truth albedo, the run's albedo after the per-channel
@@ -62,7 +63,8 @@ texel range -- e.g. whether a run imitates a diffuse look with a rough metal.
 ``ceiling``: no training -- the demo's true geometry, materials and light shaded by the training shader, against
 its Monte Carlo images (image PSNR) and inverted per pixel for the albedo (dielectric pixels): the most a perfect
 optimisation could reach with that shading model, per shadow setting (``--lights`` brightest texels, ``--sky`` rows
-of the rest of the sky, ``model.shadow_sky``).
+of the rest of the sky, ``model.shadow_sky``; ``--sky-cache`` lattices caching the sky's visibility,
+``model.shadow_sky_cache``, 0 = traced per pixel; ``--shadow-geometry RUN``: shadows cast by a run's learned SDF).
 
 ``albedo-regions``: a generated-scene run's aligned albedo PSNR by region (silhouette pixels, metal, dark pixels, ...).
 """
@@ -466,11 +468,22 @@ def oracle_light(
 
 
 @torch.no_grad()
-def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_list: tuple[int, ...] = (0,)) -> None:
+def ceiling(
+    lights_list: list[int],
+    views: list[int],
+    resolution: int = 64,
+    sky_list: tuple[int, ...] = (0,),
+    sky_cache: tuple[int, ...] = (0,),
+    shadow_geometry: Path | None = None,
+) -> None:
     """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
     training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the
     sky's texels at sky x 2 sky, see ``model.shadow_sky`` -- through a ``resolution``^3 SDF lattice), against
-    the demo's Monte Carlo images: the image PSNR a perfect reconstruction would reach, and the albedo PSNR of
+    the demo's Monte Carlo images (``sky_cache``: with each of these lattices caching the sky's visibility, as
+    ``model.shadow_sky_cache``; 0 = traced per pixel; ``shadow_geometry``: a run whose learned SDF casts the
+    shadows instead of the true one, at the true surface points -- how faithful a learned lattice's shadows are):
+    the image PSNR a perfect reconstruction would reach, and the
+    albedo PSNR of
     inverting the shader per pixel (dielectric pixels: what the image implies the albedo is, given everything else
     true). Where these fall short of the targets, the shading model, not the optimisation, is what limits."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
@@ -478,7 +491,7 @@ def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_
     from nfields.data.synthetic import demo_cameras, demo_sdf
     from nfields.render.envmap import EnvironmentMap, LearnedEnvironment
     from nfields.render.shading import linear_to_srgb, shade_pbr, srgb_to_linear
-    from nfields.render.shadows import ShadowVolume, shadow_lights
+    from nfields.render.shadows import ShadowVolume, light_visibility, shadow_lights
 
     root = resolve_scene_path("demo")
     sky = procedural_sky()
@@ -487,8 +500,16 @@ def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_
     cams = demo_cameras(40, 200, 0)  # generate_demo_scene's defaults
     surface = DemoSurface()
     volume = ShadowVolume(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), resolution)
-    volume.update(demo_sdf)
-    for k, sky in [(k, sky) for k in lights_list for sky in sky_list if k or not sky]:
+    if shadow_geometry is None:
+        volume.update(demo_sdf)
+    else:
+        from nfields.train.render_run import open_run
+
+        field = open_run(shadow_geometry).field
+        volume.update(field.sdf, device=volume.aabb.device)
+        print(f"shadows cast by the SDF of {shadow_geometry}")
+    settings = [(k, s, c) for k in lights_list for s in sky_list for c in sky_cache if (k or not s) and (s or not c)]
+    for k, sky, cache in settings:
         img_err, alb_err, n_img, n_alb, t0 = 0.0, 0.0, 0, 0, time.perf_counter()
         for i in views:
             rays = cams.image_rays(i)
@@ -499,7 +520,8 @@ def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_
             shadow = None
             if k:
                 lights = shadow_lights(env, k, sky)
-                shadow = (volume.visibility(p, n, lights.dirs, softness=lights.softness), lights)
+                vis = light_visibility(volume, p, n, lights, 2 * sky * sky if sky else 0, cache)
+                shadow = (vis, lights)
             rgb = shade_pbr(n, v, a, r, m, env, shadow=shadow) * exposure
             photo = _load(root / "image" / f"{i:06d}.png").reshape(-1, 3)[j]
             img_err += float(((linear_to_srgb(rgb.clamp(0, 1)) - photo) ** 2).sum())
@@ -519,9 +541,10 @@ def ceiling(lights_list: list[int], views: list[int], resolution: int = 64, sky_
             est = (srgb_to_linear(photo[d]) / exposure - spec) / diff1.clamp_min(1e-6)
             alb_err += float(((linear_to_srgb(est.clamp(0, 1)) - linear_to_srgb(a[d])) ** 2).sum())
             n_alb += est.numel()
+        img_psnr, alb_psnr = -10 * math.log10(img_err / n_img), -10 * math.log10(alb_err / n_alb)
         print(
-            f"shadow lights {k:4d}, sky {sky}: image PSNR {-10 * math.log10(img_err / n_img):.2f} dB, albedo by "
-            f"inversion (dielectric) {-10 * math.log10(alb_err / n_alb):.2f} dB ({time.perf_counter() - t0:.1f} s)"
+            f"shadow lights {k:4d}, sky {sky}, sky cache {cache}: image PSNR {img_psnr:.2f} dB, "
+            f"albedo by inversion (dielectric) {alb_psnr:.2f} dB ({time.perf_counter() - t0:.1f} s)"
         )
 
 
@@ -614,6 +637,8 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--views", type=int, nargs="+", default=[0, 8, 16])
     pc.add_argument("--resolution", type=int, default=64)
     pc.add_argument("--sky", type=int, nargs="+", default=[0])
+    pc.add_argument("--sky-cache", type=int, nargs="+", default=[0])
+    pc.add_argument("--shadow-geometry", type=Path, default=None)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -622,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.cmd == "albedo-regions":
             albedo_regions(args.run)
         elif args.cmd == "ceiling":
-            ceiling(args.lights, args.views, args.resolution, args.sky)
+            ceiling(args.lights, args.views, args.resolution, args.sky, args.sky_cache, args.shadow_geometry)
         elif args.cmd == "oracle-light":
             oracle_light(args.name, args.scene, args.set)
         elif args.cmd == "noise":

@@ -94,6 +94,9 @@ class ModelConfig:
     0 = the brightest texels only (see render/shadows.py)."""
     shadow_resolution: int = 64
     """pbr with shadows: vertices per side of the cached SDF lattice the shadow rays march through."""
+    shadow_sky_cache: int = 32
+    """pbr with sky shadows: the sky's visibility is traced from the near-surface vertices of a lattice of this many
+    vertices per side with each shadow-lattice update and interpolated per ray (0 = traced per ray, every step)."""
     local_light: bool = False
     """pbr: add a smooth, spatially varying diffuse irradiance E(x, n) to the environment's -- near lamps and light
     bounced between surfaces, which a distant light cannot give (real captures such as DTU); dropped when relighting

@@ -20,6 +20,12 @@ Visibility ``V`` (no gradient) comes from :class:`ShadowVolume`: the SDF sampled
 occupancy grid) and sphere traced with the soft-shadow estimate ``min_i k h_i / t_i`` (Quilez), whose penumbra
 ``k = 1 / tan(texel radius)`` matches the angular size of a texel. It is evaluated once per *ray*, at the expected
 surface point, not per sample.
+
+The sky's many broad lights (``shadow_sky``: 128 directions at 8 x 16) would multiply that cost by ~10; their
+visibility changes slowly over the surface (soft, wide penumbrae), so :meth:`ShadowVolume.cache_visibility` traces
+them once per lattice update from the near-surface vertices of a coarse lattice (each projected onto the surface) and
+:meth:`ShadowVolume.cached_visibility` interpolates them per ray -- trilinearly, over the cell's corners whose surface
+faces the same way as the ray's (so the two faces of a thin part do not mix).
 """
 
 from __future__ import annotations
@@ -118,6 +124,27 @@ def shadow_lights(env, k: int, sky_rows: int = 0, hw: tuple[int, int] = SHADOW_M
     )
 
 
+def light_visibility(
+    volume: ShadowVolume, points: Tensor, normals: Tensor, lights: ShadowLights, n_sky: int = 0, cache: int = 0
+) -> Tensor:
+    """Visibility (M, K) of the K ``lights`` (:func:`shadow_lights`) from surface points (M, 3) with unit normals
+    (M, 3): traced per point, except -- with ``n_sky`` > 0 and ``cache`` > 0 -- the last ``n_sky`` lights (the sky's),
+    interpolated from ``volume``'s cache on a ``cache``^3 lattice (traced there first when the cache holds other
+    directions; points no cached vertex covers are traced)."""
+    if not (n_sky and cache):
+        return volume.visibility(points, normals, lights.dirs, softness=lights.softness)
+    n_sun = len(lights.dirs) - n_sky
+    sky_dirs, sky_soft = lights.dirs[n_sun:], lights.softness[n_sun:]
+    if not volume.cache_matches(sky_dirs) or volume.cache[1] != cache:
+        volume.cache_visibility(sky_dirs, sky_soft, cache)
+    sun = volume.visibility(points, normals, lights.dirs[:n_sun], softness=lights.softness[:n_sun])
+    sky, ok = volume.cached_visibility(points, normals)
+    if not bool(ok.all()):
+        miss = ~ok
+        sky[miss] = volume.visibility(points[miss], normals[miss], sky_dirs, softness=sky_soft)
+    return torch.cat([sun, sky], -1)
+
+
 class ShadowVolume:
     """A cached SDF on a ``resolution``^3 lattice spanning ``aabb`` (6,), for soft shadow rays (see module docstring).
 
@@ -128,6 +155,9 @@ class ShadowVolume:
         self.aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(6)
         self.resolution = int(resolution)
         self.volume: Tensor | None = None
+        self.cache: tuple | None = None
+        """(dirs, resolution, visibility (R^3, K), vertex normals (R^3, 3), near-surface (R^3,)) of
+        :meth:`cache_visibility`."""
 
     @property
     def voxel(self) -> float:
@@ -193,3 +223,72 @@ class ShadowVolume:
             t[active] += h.clamp_min(0.5 * vox)
             active = active[inside & (h > 0) & (vis[active] > 0)]
         return vis.reshape(m, k)
+
+    def normals(self, x: Tensor) -> Tensor:
+        """Unit normals (M, 3) of the cached SDF at points (M, 3) (central differences of half a voxel)."""
+        e = 0.5 * self.voxel
+        off = torch.eye(3, device=x.device, dtype=x.dtype) * e
+        grad = torch.stack([self.sdf(x + off[i]) - self.sdf(x - off[i]) for i in range(3)], -1)
+        return F.normalize(grad, dim=-1)
+
+    @torch.no_grad()
+    def cache_visibility(
+        self, dirs: Tensor, softness: float | Tensor | None = None, resolution: int = 32, chunk: int = 2048
+    ) -> None:
+        """Trace the visibility of ``dirs`` (K, 3) once, from every vertex of a ``resolution``^3 lattice (spanning
+        the box) within ~2 of its cells of the surface -- each vertex projected onto the cached SDF's surface along
+        its normal -- for :meth:`cached_visibility` (see the module docstring). Call after :meth:`update`."""
+        if self.volume is None:
+            raise RuntimeError("ShadowVolume.cache_visibility before update()")
+        r = int(resolution)
+        dev = self.volume.device
+        lo, hi = self.aabb[:3].to(dev), self.aabb[3:].to(dev)
+        lin = torch.linspace(0.0, 1.0, r, device=dev)
+        zz, yy, xx = torch.meshgrid(lin, lin, lin, indexing="ij")  # flat index = x + r y + r^2 z
+        verts = lo + torch.stack([xx, yy, zz], -1).reshape(-1, 3) * (hi - lo)
+        cell = float((hi - lo).max()) / (r - 1)
+        h = self.sdf(verts)
+        near = torch.nonzero(h.abs() < 2.0 * cell).squeeze(-1)
+        n = self.normals(verts[near])
+        surf = verts[near] - h[near, None] * n
+        k = dirs.shape[0]
+        vis = torch.ones(r**3, k, device=dev)
+        for a in range(0, len(near), chunk):
+            sl = slice(a, a + chunk)
+            vis[near[sl]] = self.visibility(surf[sl], n[sl], dirs.to(dev), softness=softness)
+        normals = torch.zeros(r**3, 3, device=dev)
+        normals[near] = n
+        valid = torch.zeros(r**3, dtype=torch.bool, device=dev)
+        valid[near] = True
+        self.cache = (dirs.detach().clone(), r, vis, normals, valid)
+
+    def cache_matches(self, dirs: Tensor) -> bool:
+        """Whether :meth:`cache_visibility` was last run for these directions."""
+        cache = self.cache
+        return cache is not None and cache[0].shape == dirs.shape and bool(torch.allclose(cache[0], dirs.to(cache[0])))
+
+    @torch.no_grad()
+    def cached_visibility(self, points: Tensor, normals: Tensor) -> tuple[Tensor, Tensor]:
+        """Visibility (M, K) of the cached directions at surface points (M, 3) with unit normals (M, 3),
+        interpolated from :meth:`cache_visibility`'s vertices: trilinear weights over the cell's near-surface corners
+        whose normal is within 90 degrees of the point's. Also returns (M,) bool: False where no corner qualified
+        (the caller traces those points instead; their rows here are 1)."""
+        _, r, vis, vnorm, valid = self.cache
+        lo, hi = self.aabb[:3].to(points), self.aabb[3:].to(points)
+        u = ((points - lo) / (hi - lo) * (r - 1)).clamp(0.0, r - 1.0)
+        i0 = u.floor().clamp(max=r - 2).long()
+        f = u - i0
+        acc = torch.zeros(len(points), vis.shape[1], device=points.device)
+        wsum = torch.zeros(len(points), device=points.device)
+        for c in range(8):
+            bits = torch.tensor([c & 1, (c >> 1) & 1, (c >> 2) & 1], device=points.device)
+            idx = i0 + bits
+            flat = idx[:, 0] + r * idx[:, 1] + r * r * idx[:, 2]
+            w = torch.where(bits.bool(), f, 1.0 - f).prod(-1)
+            w = w * valid[flat] * ((vnorm[flat] * normals).sum(-1) > 0)
+            acc += w[:, None] * vis[flat]
+            wsum += w
+        ok = wsum > 1e-4
+        out = torch.ones_like(acc)
+        out[ok] = acc[ok] / wsum[ok, None]
+        return out, ok

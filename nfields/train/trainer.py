@@ -610,7 +610,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_sky=m.shadow_sky, shadow_resolution=m.shadow_resolution,
-            local_light=m.local_light,
+            shadow_sky_cache=m.shadow_sky_cache, local_light=m.local_light,
             material_grid=m.material_grid, camera_light=m.camera_light, env_radius=m.env_radius,
             view_light=m.view_light, view_light_bands=m.view_light_bands, view_light_hidden=m.view_light_hidden,
             **common,

@@ -115,8 +115,8 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     from nfields.render.renderer import RenderConfig, Renderer
     from nfields.types import Rays
 
-    def sphere_field(k, sky=0):
-        f = _field(shadow_lights=k, shadow_sky=sky)
+    def sphere_field(k, sky=0, cache=32):
+        f = _field(shadow_lights=k, shadow_sky=sky, shadow_sky_cache=cache)
         with torch.no_grad():
             for p in f.net.parameters():
                 p.zero_()  # the initial sphere of radius 0.5
@@ -129,8 +129,9 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     target = torch.randn(256, 3, generator=g) * 0.2
     rays = Rays(origins, torch.nn.functional.normalize(target - origins, dim=-1))
     outs = []
-    for k, sky in ((0, 0), (8, 0), (8, 4)):  # no shadows; the brightest texels; and the rest of the sky too
-        f = sphere_field(k, sky)
+    # No shadows; the brightest texels; and the rest of the sky too (its visibility cached, and traced per ray).
+    for k, sky, cache in ((0, 0, 32), (8, 0, 32), (8, 4, 32), (8, 4, 0)):
+        f = sphere_field(k, sky, cache)
         r = Renderer(f, RenderConfig(n_steps=256, grid_resolution=32, stratified=False)).eval()
         r.update_grid(0)
         assert f.wants_shadows() == (k > 0)
@@ -140,6 +141,7 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     assert hit.sum() > 50
     for f, shadowed in shadowed_runs:
         assert f.shadow_volume.volume is not None  # built with the occupancy grid
+        assert (f.shadow_volume.cache is not None) == f._sky_cached()
         assert (plain.rgb[hit] - shadowed.rgb[hit]).abs().max() < 0.02
     f = shadowed_runs[0][0]
     f.env.log_radiance.grad = None
@@ -149,7 +151,10 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     assert f.env.log_radiance.grad[4, 10].abs().sum() > 0
 
 
-@pytest.mark.parametrize("kw", [{"shadow_sky": 4}, {"shadow_lights": 8, "shadow_sky": 3}, {"shadow_sky": -1}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"shadow_sky": 4}, {"shadow_lights": 8, "shadow_sky": 3}, {"shadow_sky": -1}, {"shadow_sky_cache": 2}],
+)
 def test_shadow_sky_needs_lights_and_a_divisor_of_the_shadow_map(kw):
     with pytest.raises(NFieldsError, match="shadow_sky"):
         _field(**kw)
