@@ -180,7 +180,9 @@ class TrainConfig:
     diffuse albedo x light ambiguity); a milder cousin of nvdiffrec's white-balance prior (0 = off)."""
     light_chroma_along: str = "uv"
     """pbr shading: the colour prior compares neighbours along uv (azimuth and elevation) or u (azimuth only: the
-    light's colour may change with elevation -- a blue sky above, a brown ground below -- but not around it)."""
+    light's colour may change with elevation -- a blue sky above, a brown ground below -- but not around it) or
+    hemispheres (along uv within each hemisphere, not across the horizon: one colour for the sky, one for the
+    ground)."""
     albedo_warm_start: float = 0.0
     """pbr shading: during the neural stage, weight of a fit of the material head's albedo (as sRGB) to the observed
     pixel colour at each ray's surface point (geometry features held), so the PBR stage starts from the images'

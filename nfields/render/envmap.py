@@ -381,7 +381,7 @@ class EnvironmentMap(_EquirectLight):
         return self._tables
 
 
-CHROMA_ALONG = ("uv", "u")
+CHROMA_ALONG = ("uv", "u", "hemispheres")
 
 
 class LearnedEnvironment(_EquirectLight):
@@ -470,7 +470,8 @@ class LearnedEnvironment(_EquirectLight):
         neighbouring texels, along u (wrapping) and v: how much the light's *colour* changes from texel to texel,
         whatever its brightness does (the prior of ``train.light_chroma_smoothness``). ``along="u"``: between
         neighbours in azimuth only, so the colour may change with elevation (blue sky above, a brown ground below)
-        but not around the horizon."""
+        but not around the horizon. ``along="hemispheres"``: along u and v, except across the horizon (between the
+        map's two middle rows), so each hemisphere keeps one slowly varying colour of its own (a sky and a ground)."""
         if along not in CHROMA_ALONG:
             raise NFieldsError(f"chroma variation along {along!r}: valid: {', '.join(CHROMA_ALONG)}")
         log_radiance = self.full_log_radiance()
@@ -478,8 +479,10 @@ class LearnedEnvironment(_EquirectLight):
         du = (c - c.roll(1, dims=1)).abs().mean()
         if along == "u":
             return du
-        dv = (c[1:] - c[:-1]).abs().mean()
-        return du + dv
+        dv = (c[1:] - c[:-1]).abs()
+        if along == "hemispheres":
+            dv = torch.cat([dv[: c.shape[0] // 2 - 1], dv[c.shape[0] // 2 :]])
+        return du + dv.mean()
 
     def irradiance_table(self) -> Tensor:
         tex = self.texels()

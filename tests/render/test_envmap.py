@@ -229,6 +229,11 @@ def test_light_chroma_variation_ignores_brightness_and_sees_colour():
         env.log_radiance[:4] += torch.tensor([-0.5, 0.0, 0.5])
         env.log_radiance[4:] += torch.tensor([0.3, 0.0, -0.6])
     assert float(env.chroma_variation("u").detach()) < 1e-6 < float(env.chroma_variation().detach())
+    # Per hemisphere: that sky-and-ground light costs nothing either; a colour change within the sky does.
+    assert float(env.chroma_variation("hemispheres").detach()) < 1e-6
+    with torch.no_grad():
+        env.log_radiance[1] += torch.tensor([0.6, 0.0, -0.6])
+    assert float(env.chroma_variation("hemispheres").detach()) > 0.05
     with pytest.raises(NFieldsError, match="along 'v'"):
         env.chroma_variation("v")
 
