@@ -278,16 +278,13 @@ class ShadowVolume:
         u = ((points - lo) / (hi - lo) * (r - 1)).clamp(0.0, r - 1.0)
         i0 = u.floor().clamp(max=r - 2).long()
         f = u - i0
-        acc = torch.zeros(len(points), vis.shape[1], device=points.device)
-        wsum = torch.zeros(len(points), device=points.device)
-        for c in range(8):
-            bits = torch.tensor([c & 1, (c >> 1) & 1, (c >> 2) & 1], device=points.device)
-            idx = i0 + bits
-            flat = idx[:, 0] + r * idx[:, 1] + r * r * idx[:, 2]
-            w = torch.where(bits.bool(), f, 1.0 - f).prod(-1)
-            w = w * valid[flat] * ((vnorm[flat] * normals).sum(-1) > 0)
-            acc += w[:, None] * vis[flat]
-            wsum += w
+        bits = torch.tensor([[c & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], device=points.device)  # (8, 3)
+        idx = i0[:, None, :] + bits  # (M, 8, 3): the cell's corners
+        flat = idx[..., 0] + r * idx[..., 1] + r * r * idx[..., 2]
+        w = torch.where(bits.bool(), f[:, None, :], 1.0 - f[:, None, :]).prod(-1)  # (M, 8) trilinear
+        w = w * valid[flat] * ((vnorm[flat] * normals[:, None, :]).sum(-1) > 0)
+        acc = torch.einsum("mc,mck->mk", w, vis[flat])
+        wsum = w.sum(-1)
         ok = wsum > 1e-4
         out = torch.ones_like(acc)
         out[ok] = acc[ok] / wsum[ok, None]
