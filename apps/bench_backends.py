@@ -147,6 +147,7 @@ def bench_kodak(args, images) -> list[dict]:
                 batch=args.batch,
                 time_budget_s=max(args.budgets),
                 eval_at_s=args.budgets,
+                lr_final=args.lr_final,
             )
             row = {"image": img_name, "backend": backend, "params": r.params, "param_dev": r.params / args.params - 1}
             evals = [h for h in r.history if "psnr" in h]
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--params", type=int, default=200_000, help="kodak: target parameter count (+-10%%)")
     p.add_argument("--backends", nargs="+", default=list(IMAGE_BACKENDS))
     p.add_argument("--batch", type=int, default=1 << 16, help="pixels per step")
+    p.add_argument(
+        "--lr-final", type=float, default=1.0, help="kodak: learning rates decay to this fraction by the budget's end"
+    )
     p.add_argument("--steps", type=int, default=500, help="cam_protocol: steps per model")
     p.add_argument("--cam-sigma", type=float, default=10.0)
     p.add_argument(

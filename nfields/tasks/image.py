@@ -117,6 +117,7 @@ def fit_image(
     device: str | None = None,
     fresh_candidates: list[float] | None = None,
     lr_milestones: tuple[float, ...] = (),
+    lr_final: float = 1.0,
 ) -> FitResult:
     """Fit ``network`` (a registered backend with ``options``) to an image with Adam and MSE.
 
@@ -125,7 +126,9 @@ def fit_image(
     protocol: ``full`` or ``every_other``; time_budget_s: stop after this much training time; fresh: choose the
     backend's embedding scale (sigma / omega_0 / n_freqs / finest_res) with FreSh first; seed: weight init and
     batch order; eval_at_s: training times at which to also record the test PSNR in ``history``; lr_milestones:
-    fractions of ``steps`` at which every learning rate drops 10x (the CAM paper's image protocol: (0.5, 0.75)).
+    fractions of ``steps`` at which every learning rate drops 10x (the CAM paper's image protocol: (0.5, 0.75));
+    lr_final: every learning rate decays exponentially to this fraction of its start by the end of the run (the
+    larger of step / steps and time / time_budget_s; 1 = constant -- at high PSNR a constant rate can blow up late).
     """
     if protocol not in PROTOCOLS:
         raise NFieldsError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
@@ -135,6 +138,8 @@ def fit_image(
         raise NFieldsError(f"--batch {batch}: must be >= 1")
     if lr_milestones and (steps < 1 or not all(0.0 < m < 1.0 for m in lr_milestones)):
         raise NFieldsError(f"lr milestones {tuple(lr_milestones)}: need a step count and fractions in (0, 1)")
+    if not 0.0 < lr_final <= 1.0 or (lr_final < 1.0 and lr_milestones):
+        raise NFieldsError(f"lr final {lr_final}: must be in (0, 1] (1 = a constant rate), and 1 with lr milestones")
     dev = pick_device(device)
     img = load_image(image)
     h, w, c = img.shape
@@ -168,6 +173,7 @@ def fit_image(
     torch.manual_seed(seed)
     net = build_network(network, 2, c, **options).to(dev)
     opt = torch.optim.Adam(param_groups(net, lr), lr=lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted(round(m * steps) for m in lr_milestones), gamma=0.1)
     coords, target = coords.to(dev), target.to(dev)
     train_coords, train_target = train_coords.to(dev), train_target.to(dev)
@@ -196,6 +202,13 @@ def fit_image(
         opt.step()
         sched.step()
         step += 1
+        if lr_final < 1.0:
+            progress = step / steps if steps >= 1 and steps < 1 << 62 else 0.0
+            if time_budget_s:
+                progress = max(progress, clock.elapsed() / time_budget_s)
+            factor = lr_final ** min(progress, 1.0)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * factor
         clock.stop()
         last_train = float(loss.detach())
         if step % log_every == 0 or step == 1:

@@ -61,6 +61,28 @@ def test_fit_image_lr_milestones():
             fit_image(img, "mlp", MLP, steps=10, lr_milestones=bad)
 
 
+def test_fit_image_lr_final_decays_exponentially_to_the_fraction():
+    """``lr_final``: the rate decays as lr * lr_final ** (step / steps); bad values are one-line errors."""
+    img = smooth_image()
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_final=0.1)
+    finally:
+        torch.optim.Adam.step = orig
+    assert seen[0] == pytest.approx(3e-3) and seen[20] == pytest.approx(3e-3 * 0.1**0.5, rel=1e-6)
+    assert seen[-1] == pytest.approx(3e-3 * 0.1 ** (39 / 40), rel=1e-6)
+    for kw in ({"lr_final": 0.0}, {"lr_final": 2.0}, {"lr_final": 0.1, "lr_milestones": (0.5,)}):
+        with pytest.raises(NFieldsError, match="lr final"):
+            fit_image(img, "mlp", MLP, steps=10, **kw)
+
+
 def test_fit_image_file_budget_and_fresh(tmp_path, capsys):
     path = tmp_path / "img.png"
     Image.fromarray((smooth_image().numpy() * 255).astype(np.uint8)).save(path)
