@@ -477,15 +477,14 @@ def ceiling(
     shadow_geometry: Path | None = None,
 ) -> None:
     """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
-    training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the
-    sky's texels at sky x 2 sky, see ``model.shadow_sky`` -- through a ``resolution``^3 SDF lattice), against
-    the demo's Monte Carlo images (``sky_cache``: with each of these lattices caching the sky's visibility, as
-    ``model.shadow_sky_cache``; 0 = traced per pixel; ``shadow_geometry``: a run whose learned SDF casts the
-    shadows instead of the true one, at the true surface points -- how faithful a learned lattice's shadows are):
-    the image PSNR a perfect reconstruction would reach, and the
-    albedo PSNR of
-    inverting the shader per pixel (dielectric pixels: what the image implies the albedo is, given everything else
-    true). Where these fall short of the targets, the shading model, not the optimisation, is what limits."""
+    training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the sky's
+    texels at sky x 2 sky, see ``model.shadow_sky`` -- through a ``resolution``^3 SDF lattice), against the demo's Monte
+    Carlo images (``sky_cache``: with each of these lattices caching the sky's visibility, as
+    ``model.shadow_sky_cache``; 0 = traced per pixel; ``shadow_geometry``: a run whose learned SDF casts the shadows
+    instead of the true one, at the true surface points -- how faithful a learned lattice's shadows are): the image PSNR
+    a perfect reconstruction would reach, and the albedo PSNR of inverting the shader per pixel (dielectric pixels: what
+    the image implies the albedo is, given everything else true). Where these fall short of the targets, the shading
+    model, not the optimisation, is what limits."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
     from nfields.data.resolve import resolve_scene_path
     from nfields.data.synthetic import demo_cameras, demo_sdf
@@ -520,7 +519,7 @@ def ceiling(
             shadow = None
             if k:
                 lights = shadow_lights(env, k, sky)
-                vis = light_visibility(volume, p, n, lights, 2 * sky * sky if sky else 0, cache)
+                vis = light_visibility(volume, p, n, lights, sky, cache)
                 shadow = (vis, lights)
             rgb = shade_pbr(n, v, a, r, m, env, shadow=shadow) * exposure
             photo = _load(root / "image" / f"{i:06d}.png").reshape(-1, 3)[j]

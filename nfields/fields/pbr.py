@@ -348,14 +348,7 @@ class PBRField(SDFField):
         """Re-sample the SDF into the shadow lattice (the renderer does it with each occupancy-grid update); a no-op
         without shadows or before the PBR stage."""
         if self.shadow_volume is not None and self.shading == "pbr":
-            self.shadow_volume.update(self.sdf, device=self.aabb.device)
-            if self._sky_cached():  # the sky's visibility follows the surface too
-                lights = self.shadow_casters(self._light())
-                sky = slice(len(lights.dirs) - 2 * self.shadow_sky**2, None)
-                self.shadow_volume.cache_visibility(lights.dirs[sky], lights.softness[sky], self.shadow_sky_cache)
-
-    def _sky_cached(self) -> bool:
-        return self.shadow_sky > 0 and self.shadow_sky_cache > 0
+            self.shadow_volume.update(self.sdf, device=self.aabb.device)  # refreshes the sky's cache too
 
     def _light(self):
         return self.relight_env if self.relight_env is not None else self.env
@@ -371,8 +364,7 @@ class PBRField(SDFField):
         if self.shadow_volume.volume is None:
             self.update_shadows()
         lights = self.shadow_casters(self._light())
-        n_sky = 2 * self.shadow_sky**2 if self.shadow_sky else 0
-        return light_visibility(self.shadow_volume, points, normals, lights, n_sky, self.shadow_sky_cache)
+        return light_visibility(self.shadow_volume, points, normals, lights, self.shadow_sky, self.shadow_sky_cache)
 
     def stage_parameters(self) -> list:
         """The parameters that only the PBR stage trains (material head and light); the trainer gives them a

@@ -125,17 +125,18 @@ def shadow_lights(env, k: int, sky_rows: int = 0, hw: tuple[int, int] = SHADOW_M
 
 
 def light_visibility(
-    volume: ShadowVolume, points: Tensor, normals: Tensor, lights: ShadowLights, n_sky: int = 0, cache: int = 0
+    volume: ShadowVolume, points: Tensor, normals: Tensor, lights: ShadowLights, sky_rows: int = 0, cache: int = 0
 ) -> Tensor:
-    """Visibility (M, K) of the K ``lights`` (:func:`shadow_lights`) from surface points (M, 3) with unit normals
-    (M, 3): traced per point, except -- with ``n_sky`` > 0 and ``cache`` > 0 -- the last ``n_sky`` lights (the sky's),
-    interpolated from ``volume``'s cache on a ``cache``^3 lattice (traced there first when the cache holds other
-    directions; points no cached vertex covers are traced)."""
+    """Visibility (M, K) of the K ``lights`` (:func:`shadow_lights` with ``sky_rows``) from surface points (M, 3)
+    with unit normals (M, 3): traced per point, except -- with ``sky_rows`` > 0 and ``cache`` > 0 -- the sky's
+    ``2 sky_rows^2`` lights (the last ones), interpolated from ``volume``'s cache on a ``cache``^3 lattice (built
+    first when it holds other directions; points no cached vertex covers are traced)."""
+    n_sky = 2 * sky_rows**2
     if not (n_sky and cache):
         return volume.visibility(points, normals, lights.dirs, softness=lights.softness)
     n_sun = len(lights.dirs) - n_sky
     sky_dirs, sky_soft = lights.dirs[n_sun:], lights.softness[n_sun:]
-    if not volume.cache_matches(sky_dirs) or volume.cache[1] != cache:
+    if not volume.cache_matches(sky_dirs, cache):
         volume.cache_visibility(sky_dirs, sky_soft, cache)
     sun = volume.visibility(points, normals, lights.dirs[:n_sun], softness=lights.softness[:n_sun])
     sky, ok = volume.cached_visibility(points, normals)
@@ -143,6 +144,21 @@ def light_visibility(
         miss = ~ok
         sky[miss] = volume.visibility(points[miss], normals[miss], sky_dirs, softness=sky_soft)
     return torch.cat([sun, sky], -1)
+
+
+class SkyCache(NamedTuple):
+    """What :meth:`ShadowVolume.cache_visibility` traced, and the directions it traced (to refresh it)."""
+
+    dirs: Tensor
+    """(K, 3) the cached directions."""
+    softness: Tensor | float | None
+    """Their penumbra factors (see :meth:`ShadowVolume.visibility`)."""
+    resolution: int
+    """Vertices per side of the cache's lattice."""
+    visibility: Tensor
+    """(R^3, K) at each vertex (1 away from the surface)."""
+    normals: Tensor
+    """(R^3, 3) each vertex's unit normal; zero away from the surface (such vertices never weigh in)."""
 
 
 class ShadowVolume:
@@ -155,9 +171,8 @@ class ShadowVolume:
         self.aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(6)
         self.resolution = int(resolution)
         self.volume: Tensor | None = None
-        self.cache: tuple | None = None
-        """(dirs, resolution, visibility (R^3, K), vertex normals (R^3, 3), near-surface (R^3,)) of
-        :meth:`cache_visibility`."""
+        self.cache: SkyCache | None = None
+        """:meth:`cache_visibility`'s result, refreshed by every :meth:`update`."""
 
     @property
     def voxel(self) -> float:
@@ -170,13 +185,19 @@ class ShadowVolume:
         """Sample ``sdf_fn`` ((M, 3) -> (M,) or (M, 1), on ``device``) at every lattice vertex."""
         r = self.resolution
         self.aabb = self.aabb.to(device)
-        lo, hi = self.aabb[:3], self.aabb[3:]
-        lin = torch.linspace(0.0, 1.0, r, device=device)
-        # grid_sample's (D, H, W) axes are (z, y, x).
-        zz, yy, xx = torch.meshgrid(lin, lin, lin, indexing="ij")
-        pts = lo + torch.stack([xx, yy, zz], -1).reshape(-1, 3) * (hi - lo)
+        pts = self._lattice(r)
         out = torch.cat([sdf_fn(pts[a : a + chunk]).reshape(-1).float() for a in range(0, len(pts), chunk)])
         self.volume = out.reshape(1, 1, r, r, r)
+        if self.cache is not None:  # the cached visibility is a function of the SDF too
+            self.cache_visibility(self.cache.dirs, self.cache.softness, self.cache.resolution)
+
+    def _lattice(self, r: int) -> Tensor:
+        """The (r^3, 3) vertices of an r^3 lattice spanning the box, x fastest (flat index x + r y + r^2 z: the
+        order of grid_sample's (D, H, W) = (z, y, x) axes)."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        lin = torch.linspace(0.0, 1.0, r, device=self.aabb.device)
+        zz, yy, xx = torch.meshgrid(lin, lin, lin, indexing="ij")
+        return lo + torch.stack([xx, yy, zz], -1).reshape(-1, 3) * (hi - lo)
 
     def sdf(self, x: Tensor) -> Tensor:
         """Trilinear SDF at points (..., 3) inside the box -> (...)."""
@@ -237,43 +258,43 @@ class ShadowVolume:
     ) -> None:
         """Trace the visibility of ``dirs`` (K, 3) once, from every vertex of a ``resolution``^3 lattice (spanning
         the box) within ~2 of its cells of the surface -- each vertex projected onto the cached SDF's surface along
-        its normal -- for :meth:`cached_visibility` (see the module docstring). Call after :meth:`update`."""
+        its normal -- for :meth:`cached_visibility` (see the module docstring). Call after :meth:`update`; every
+        later :meth:`update` refreshes it."""
         if self.volume is None:
             raise RuntimeError("ShadowVolume.cache_visibility before update()")
         r = int(resolution)
         dev = self.volume.device
-        lo, hi = self.aabb[:3].to(dev), self.aabb[3:].to(dev)
-        lin = torch.linspace(0.0, 1.0, r, device=dev)
-        zz, yy, xx = torch.meshgrid(lin, lin, lin, indexing="ij")  # flat index = x + r y + r^2 z
-        verts = lo + torch.stack([xx, yy, zz], -1).reshape(-1, 3) * (hi - lo)
-        cell = float((hi - lo).max()) / (r - 1)
+        verts = self._lattice(r).to(dev)
+        cell = float((self.aabb[3:] - self.aabb[:3]).max()) / (r - 1)
         h = self.sdf(verts)
         near = torch.nonzero(h.abs() < 2.0 * cell).squeeze(-1)
         n = self.normals(verts[near])
         surf = verts[near] - h[near, None] * n
-        k = dirs.shape[0]
-        vis = torch.ones(r**3, k, device=dev)
+        vis = torch.ones(r**3, dirs.shape[0], device=dev)
         for a in range(0, len(near), chunk):
             sl = slice(a, a + chunk)
             vis[near[sl]] = self.visibility(surf[sl], n[sl], dirs.to(dev), softness=softness)
         normals = torch.zeros(r**3, 3, device=dev)
         normals[near] = n
-        valid = torch.zeros(r**3, dtype=torch.bool, device=dev)
-        valid[near] = True
-        self.cache = (dirs.detach().clone(), r, vis, normals, valid)
+        self.cache = SkyCache(dirs.detach().clone(), softness, r, vis, normals)
 
-    def cache_matches(self, dirs: Tensor) -> bool:
-        """Whether :meth:`cache_visibility` was last run for these directions."""
-        cache = self.cache
-        return cache is not None and cache[0].shape == dirs.shape and bool(torch.allclose(cache[0], dirs.to(cache[0])))
+    def cache_matches(self, dirs: Tensor, resolution: int) -> bool:
+        """Whether :meth:`cache_visibility` was last run for these directions on this lattice."""
+        c = self.cache
+        return (
+            c is not None
+            and c.resolution == resolution
+            and c.dirs.shape == dirs.shape
+            and bool(torch.allclose(c.dirs, dirs.to(c.dirs)))
+        )
 
     @torch.no_grad()
     def cached_visibility(self, points: Tensor, normals: Tensor) -> tuple[Tensor, Tensor]:
-        """Visibility (M, K) of the cached directions at surface points (M, 3) with unit normals (M, 3),
-        interpolated from :meth:`cache_visibility`'s vertices: trilinear weights over the cell's near-surface corners
-        whose normal is within 90 degrees of the point's. Also returns (M,) bool: False where no corner qualified
-        (the caller traces those points instead; their rows here are 1)."""
-        _, r, vis, vnorm, valid = self.cache
+        """Visibility (M, K) of the cached directions at surface points (M, 3) with unit normals (M, 3), interpolated
+        from :meth:`cache_visibility`'s vertices: trilinear weights over the cell's near-surface corners whose normal is
+        within 90 degrees of the point's (vertices away from the surface have none). Also returns (M,) bool: False where
+        no corner qualified (the caller traces those points instead; their rows here are 1)."""
+        r, vis, vnorm = self.cache.resolution, self.cache.visibility, self.cache.normals
         lo, hi = self.aabb[:3].to(points), self.aabb[3:].to(points)
         u = ((points - lo) / (hi - lo) * (r - 1)).clamp(0.0, r - 1.0)
         i0 = u.floor().clamp(max=r - 2).long()
@@ -282,7 +303,7 @@ class ShadowVolume:
         idx = i0[:, None, :] + bits  # (M, 8, 3): the cell's corners
         flat = idx[..., 0] + r * idx[..., 1] + r * r * idx[..., 2]
         w = torch.where(bits.bool(), f[:, None, :], 1.0 - f[:, None, :]).prod(-1)  # (M, 8) trilinear
-        w = w * valid[flat] * ((vnorm[flat] * normals[:, None, :]).sum(-1) > 0)
+        w = w * ((vnorm[flat] * normals[:, None, :]).sum(-1) > 0)
         acc = torch.einsum("mc,mck->mk", w, vis[flat])
         wsum = w.sum(-1)
         ok = wsum > 1e-4

@@ -173,16 +173,24 @@ def fit_image(
     torch.manual_seed(seed)
     net = build_network(network, 2, c, **options).to(dev)
     opt = torch.optim.Adam(param_groups(net, lr), lr=lr)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted(round(m * steps) for m in lr_milestones), gamma=0.1)
+    clock = Stopwatch()
+    milestones = [round(m * steps) for m in lr_milestones]
+    max_steps = steps if steps >= 1 else 1 << 62
+
+    def lr_factor(step: int) -> float:
+        """0.1 per milestone passed, times lr_final ** (the run's progress: steps or time, whichever is further)."""
+        progress = step / max_steps
+        if time_budget_s:
+            progress = max(progress, clock.elapsed() / time_budget_s)
+        return 0.1 ** sum(step >= m for m in milestones) * lr_final ** min(progress, 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     coords, target = coords.to(dev), target.to(dev)
     train_coords, train_target = train_coords.to(dev), train_target.to(dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     mem = PeakMemory(dev)
-    clock = Stopwatch()
     history: list[dict] = []
     pending = sorted(eval_at_s or [])
-    max_steps = steps if steps >= 1 else 1 << 62
     step = 0
     last_train = float("nan")
     log_every = max(1, max_steps // 100) if max_steps < 1 << 62 else 50
@@ -202,13 +210,6 @@ def fit_image(
         opt.step()
         sched.step()
         step += 1
-        if lr_final < 1.0:
-            progress = step / steps if steps >= 1 and steps < 1 << 62 else 0.0
-            if time_budget_s:
-                progress = max(progress, clock.elapsed() / time_budget_s)
-            factor = lr_final ** min(progress, 1.0)
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * factor
         clock.stop()
         last_train = float(loss.detach())
         if step % log_every == 0 or step == 1:

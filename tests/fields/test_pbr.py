@@ -141,7 +141,7 @@ def test_shadows_through_the_renderer_convex_shape_casts_none_and_light_learns()
     assert hit.sum() > 50
     for f, shadowed in shadowed_runs:
         assert f.shadow_volume.volume is not None  # built with the occupancy grid
-        assert (f.shadow_volume.cache is not None) == f._sky_cached()
+        assert (f.shadow_volume.cache is not None) == (f.shadow_sky > 0 and f.shadow_sky_cache > 0)
         assert (plain.rgb[hit] - shadowed.rgb[hit]).abs().max() < 0.02
     f = shadowed_runs[0][0]
     f.env.log_radiance.grad = None

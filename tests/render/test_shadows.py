@@ -128,7 +128,7 @@ def test_cached_sky_visibility_matches_tracing_and_keeps_a_thin_plates_faces_apa
     the ball; and on a plate thinner than a lattice cell the top face is not darkened by the underside's vertices."""
     sky = shadow_lights(LearnedEnvironment(16, 32, init=1.0, up_axis="z"), 0, sky_rows=8)
     volume.cache_visibility(sky.dirs, sky.softness, resolution=32)
-    assert volume.cache_matches(sky.dirs) and not volume.cache_matches(sky.dirs[:-1])
+    assert volume.cache_matches(sky.dirs, 32) and not volume.cache_matches(sky.dirs[:-1], 32)
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(1000, 2, generator=g) * 1.6 - 0.8
     floor = torch.cat([xy, torch.full((1000, 1), -0.5)], -1), torch.tensor([[0.0, 0.0, 1.0]]).expand(1000, 3)

@@ -39,9 +39,8 @@ def test_fit_image_tensor_and_protocols():
     assert fit_image(img, "mlp", smooth, steps=50, batch=64).steps == 50
 
 
-def test_fit_image_lr_milestones():
-    """The CAM paper's step decay: lr x0.1 at the given fractions of the run; bad milestones are one-line errors."""
-    img = smooth_image()
+def _lrs_per_step(fit):
+    """``fit()``'s result, and the first parameter group's learning rate at each of its optimizer steps."""
     seen = []
     orig = torch.optim.Adam.step
 
@@ -51,9 +50,16 @@ def test_fit_image_lr_milestones():
 
     torch.optim.Adam.step = spy
     try:
-        r = fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_milestones=(0.5, 0.75))
+        result = fit()
     finally:
         torch.optim.Adam.step = orig
+    return result, seen
+
+
+def test_fit_image_lr_milestones():
+    """The CAM paper's step decay: lr x0.1 at the given fractions of the run; bad milestones are one-line errors."""
+    img = smooth_image()
+    r, seen = _lrs_per_step(lambda: fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_milestones=(0.5, 0.75)))
     assert r.steps == 40
     assert seen[0] == pytest.approx(3e-3) and seen[25] == pytest.approx(3e-4) and seen[-1] == pytest.approx(3e-5)
     for bad in [(0.0,), (1.5,)]:
@@ -64,18 +70,7 @@ def test_fit_image_lr_milestones():
 def test_fit_image_lr_final_decays_exponentially_to_the_fraction():
     """``lr_final``: the rate decays as lr * lr_final ** (step / steps); bad values are one-line errors."""
     img = smooth_image()
-    seen = []
-    orig = torch.optim.Adam.step
-
-    def spy(self, *a, **k):
-        seen.append(self.param_groups[0]["lr"])
-        return orig(self, *a, **k)
-
-    torch.optim.Adam.step = spy
-    try:
-        fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_final=0.1)
-    finally:
-        torch.optim.Adam.step = orig
+    _, seen = _lrs_per_step(lambda: fit_image(img, "mlp", MLP, steps=40, lr=3e-3, lr_final=0.1))
     assert seen[0] == pytest.approx(3e-3) and seen[20] == pytest.approx(3e-3 * 0.1**0.5, rel=1e-6)
     assert seen[-1] == pytest.approx(3e-3 * 0.1 ** (39 / 40), rel=1e-6)
     for kw in ({"lr_final": 0.0}, {"lr_final": 2.0}, {"lr_final": 0.1, "lr_milestones": (0.5,)}):
