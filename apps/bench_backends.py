@@ -375,4 +375,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from nfields.errors import NFieldsError
+
+    try:
+        main()
+    except NFieldsError as e:  # bad options: one line, no traceback
+        sys.exit(f"bench_backends: {e}")
