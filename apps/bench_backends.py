@@ -313,7 +313,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--backends", nargs="+", default=list(IMAGE_BACKENDS))
     p.add_argument("--batch", type=int, default=1 << 16, help="pixels per step")
     p.add_argument(
-        "--lr-final", type=float, default=1.0, help="kodak: learning rates decay to this fraction by the budget's end"
+        "--lr-final",
+        type=float,
+        default=0.1,
+        help="kodak: learning rates decay to this fraction by the budget's end (1 = constant, the default before "
+        "session 29: the hash grid then oscillated late on kodim06 / kodim10)",
     )
     p.add_argument("--steps", type=int, default=500, help="cam_protocol: steps per model")
     p.add_argument("--cam-sigma", type=float, default=10.0)
