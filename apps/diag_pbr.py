@@ -25,8 +25,9 @@ metallic. Prints the normal-angle statistics per view.
 ``light``: the scene's light (area-averaged to the learned map's size, times the scene's exposure) above the run's
 learned light divided by the albedo alignment scale of ``nfields eval`` (so both are in the same units: a perfect
 decomposition makes the two rows equal), each tone-mapped, then each one's chromaticity (radiance / its channel
-mean; where the light's colour varies). Prints the per-channel ratio of the two lights' mean radiance and the
-chromaticity error of the upper and lower hemispheres.
+mean; where the light's colour varies). Prints the per-channel ratio of the two lights' mean radiance, the angle
+between the learned sun (the sun lobe, ``model.env_sun_after``, or else the brightest texel) and the scene's
+brightest direction, and the chromaticity error of the upper and lower hemispheres.
 
 ``albedo-bias``: over every held-out view, the mean log ratio of the run's aligned albedo to the true one per
 channel, binned by the up component of the true normal (generated scenes' up is z): a light whose colour is wrong
@@ -152,6 +153,30 @@ def maps(run: Path, out: Path) -> None:
 
 
 @torch.no_grad()
+def _print_sun(env, true_map) -> None:
+    """Print the angle between the scene's sun (its map's brightest pixel, full resolution) and the learned one
+    (the sun lobe when the light has one, else the learned map's brightest texel), and the lobe's share of the
+    learned light's power."""
+    from nfields.render.envmap import texel_solid_angle, texel_uv, uv_to_dir
+
+    img = torch.as_tensor(true_map, dtype=torch.float32)
+    hh, ww, _ = img.shape
+    true_dir = uv_to_dir(texel_uv(hh, ww), env.up_axis).reshape(-1, 3)[img.mean(-1).argmax()]
+    tex = env.texels().detach()
+    h, w, _ = tex.shape
+    sa = texel_solid_angle(h, w)
+    sun = env.sun_map() if env.sun else None
+    if sun is not None:
+        learned, what = env.sun_direction(), "sun lobe"
+        share = float((sun.detach() * sa[..., None]).sum() / (tex * sa[..., None]).sum())
+        what += f" ({100 * share:.0f} % of the light's power)"
+    else:
+        learned = uv_to_dir(texel_uv(h, w), env.up_axis).reshape(-1, 3)[(tex.mean(-1) * sa).argmax()]
+        what = "brightest texel (by power)"
+    angle = math.degrees(math.acos(float((learned @ true_dir).clamp(-1, 1))))
+    print(f"sun: the learned {what} is {angle:.1f} deg from the scene's brightest direction")
+
+
 def light(run: Path, out: Path) -> None:
     """Write the learned-vs-true light montage of ``run`` to ``out`` (see the module docstring)."""
     from nfields.data.hdr import read_envmap
@@ -162,7 +187,7 @@ def light(run: Path, out: Path) -> None:
     tr = open_run(run)
     root = Path(tr.scene.root)
     meta = json.loads((root / "gt" / "scene.json").read_text())
-    learned = tr.field.env.texels().float()
+    learned = tr.field.env.texels().detach().float()
     h, w, _ = learned.shape
     true = downsample_equirect(torch.as_tensor(read_envmap(root / meta["envmap"]), dtype=torch.float32), h, w)
     true = true * float(meta.get("exposure", 1.0))
@@ -174,6 +199,7 @@ def light(run: Path, out: Path) -> None:
     def chroma(x):
         return x / x.mean(-1, keepdim=True).clamp_min(1e-6)
 
+    _print_sun(tr.field.env, read_envmap(root / meta["envmap"]))
     for name, rows in (("upper", slice(0, h // 2)), ("lower", slice(h // 2, h))):
         err = (chroma(learned[rows]) - chroma(true[rows])).abs().mean((0, 1))
         print(f"{name} hemisphere: chromaticity |learned - true| per channel {', '.join(f'{v:.3f}' for v in err)}")

@@ -83,6 +83,11 @@ class ModelConfig:
     env_levels: int = 1
     """pbr: the learned light as a pyramid of this many log-radiance grids (the map, then each coarser by 2), summed:
     coarse levels move whole regions of the sky at once (see LearnedEnvironment); 1 = the texels alone."""
+    env_sun_after: int = 0
+    """pbr: give the learned light an explicit sun lobe (a direction and an RGB power, drawn as a narrow spherical
+    Gaussian), filled from the map's brightest spot this many steps into the PBR stage (the light has found its sun
+    by then) and learned with the texels from there on, so the sun cannot smear along its ring of elevation
+    (see LearnedEnvironment); 0 = texels only."""
     env_up_axis: str = "z"
     """pbr: the scene's up axis for the environment map (z: generated scenes; -y: normalised DTU)."""
     shadow_lights: int = 0

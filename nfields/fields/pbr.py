@@ -234,7 +234,8 @@ class PBRField(SDFField):
     Extra arguments over :class:`SDFField`: ``material_hidden``/``material_layers`` (the material MLP on geometry
     features), ``env_height`` (learned map of env_height x 2 env_height texels), ``env_init`` (initial radiance),
     ``env_lr_mult`` (the light's learning rate relative to the rest), ``env_levels`` (the light as a pyramid of that
-    many grids), ``up_axis`` of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes),
+    many grids), ``env_sun`` (the light with an explicit sun lobe, off until ``env.extract_sun()``), ``up_axis``
+    of the environment (``"-y"`` for DTU's normalised frame, ``"z"`` for generated scenes),
     ``shadow_lights`` (shadow-casting texels, 0 = none), ``shadow_sky`` (rows of the coarse sky whose texels also
     cast shadows, 0 = none) and ``shadow_resolution`` (cached SDF lattice), ``shadow_sky_cache`` (the sky's
     visibility cached on a lattice of that many vertices per side and interpolated per ray; 0 = traced per ray),
@@ -255,6 +256,7 @@ class PBRField(SDFField):
         env_init: float = 1.0,
         env_lr_mult: float = 1.0,
         env_levels: int = 1,
+        env_sun: bool = False,
         up_axis: str = "z",
         shadow_lights: int = 0,
         shadow_sky: int = 0,
@@ -281,7 +283,13 @@ class PBRField(SDFField):
         grid_dim = 0 if self.material_grid is None else self.material_grid.out_dim
         self.material_net = mlp(geo_feat_dim + grid_dim, material_hidden, material_layers, 5)
         self.env = LearnedEnvironment(
-            env_height, 2 * env_height, init=env_init, up_axis=up_axis, lr_mult=env_lr_mult, levels=env_levels
+            env_height,
+            2 * env_height,
+            init=env_init,
+            up_axis=up_axis,
+            lr_mult=env_lr_mult,
+            levels=env_levels,
+            sun=env_sun,
         )
         self.shading = "pbr"
         self.render_mode = "rgb"

@@ -404,6 +404,15 @@ class LearnedEnvironment(_EquirectLight):
     region of the sky at once, driven by every pixel that region lights, so broad structure (where the sun and the
     bright half of the sky are) is found in a few steps while the finest level adds detail. The coarse grids start
     at 0, so the map starts where a single-level one does; ``log_radiance`` stays the finest level's parameter.
+
+    ``sun=True`` adds an explicit sun lobe on top of the texels: a direction and an RGB power (radiance x solid
+    angle), drawn into the map as a spherical Gaussian of fixed width (``sun_width`` texels, standard deviation),
+    normalised over the texels so it always carries exactly its power wherever it sits between texel centres (and
+    so moves smoothly with its direction). Why: a sun is far smaller than a 16 x 32 texel, and free texels learn it
+    as a smear -- bright texels spread along its ring of elevation, each taking part of its power, which lights
+    surfaces from the wrong directions and blurs its shadows; one lobe cannot be in two places. The lobe is off
+    until :meth:`extract_sun` moves the texels' brightest spot into it (the trainer does so once the light has
+    found its sun, ``model.env_sun_after`` steps into the PBR stage); from then on it learns with the texels.
     """
 
     def __init__(
@@ -417,6 +426,8 @@ class LearnedEnvironment(_EquirectLight):
         n_samples: int = 32,
         lr_mult: float = 1.0,
         levels: int = 1,
+        sun: bool = False,
+        sun_width: float = 0.5,
     ):
         super().__init__(up_axis, rotation_deg)
         if width != 2 * height or height < 2:
@@ -434,11 +445,75 @@ class LearnedEnvironment(_EquirectLight):
         self.roughness_levels = _levels_arg(roughness_levels)
         self.n_samples = n_samples
         self.lr_mult = float(lr_mult)
+        self.sun = bool(sun)
+        if sun:
+            if not sun_width > 0:
+                raise NFieldsError(f"LearnedEnvironment sun_width {sun_width}: must be > 0 (texels)")
+            # Direction in the map frame (unnormalised; used normalised), log power per channel, and whether the
+            # lobe is on (a buffer, so a resumed run knows the sun was already extracted).
+            self.sun_dir = nn.Parameter(torch.tensor([1.0, 0.0, 0.0]))
+            self.sun_log_power = nn.Parameter(torch.zeros(3))
+            self.register_buffer("sun_on", torch.zeros(()))
+            # exp(sharpness (cos - 1)) ~ exp(-angle^2 / 2 sigma^2) with sigma = sun_width texel heights.
+            self.sun_sharpness = 1.0 / (sun_width * math.pi / height) ** 2
+            self.register_buffer("texel_dirs", _map_uv_to_dir(texel_uv(height, width)), persistent=False)
+            self.register_buffer("texel_sa", texel_solid_angle(height, width), persistent=False)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The texels' optimiser group: ``lr * lr_mult``, marked ``light`` (the trainer's light warm-up keys on it;
+        """The light's optimiser group: ``lr * lr_mult``, marked ``light`` (the trainer's light warm-up keys on it;
         see :func:`nfields.fields.base.param_groups`)."""
-        return [{"params": [self.log_radiance, *self.coarse], "lr": lr * self.lr_mult, "light": True}]
+        sun = [self.sun_dir, self.sun_log_power] if self.sun else []
+        return [{"params": [self.log_radiance, *self.coarse, *sun], "lr": lr * self.lr_mult, "light": True}]
+
+    def sun_map(self) -> Tensor | None:
+        """The sun lobe drawn into the texels, (H, W, 3) radiance, or None while it is off (see the class
+        docstring): a spherical Gaussian about the sun's direction, normalised so that radiance x solid angle sums
+        to its power."""
+        if not self.sun or not bool(self.sun_on):
+            return None
+        mu = F.normalize(self.sun_dir, dim=0)
+        lobe = torch.exp(self.sun_sharpness * (self.texel_dirs @ mu - 1.0))  # (H, W)
+        lobe = lobe / (lobe * self.texel_sa).sum()
+        return lobe[..., None] * self.sun_log_power.exp()
+
+    def sun_direction(self) -> Tensor:
+        """The sun lobe's unit world direction (3,) (meaningful once :meth:`extract_sun` has run)."""
+        return F.normalize(self.sun_dir.detach(), dim=0) @ self.world_to_map.to(self.sun_dir)
+
+    @torch.no_grad()
+    def extract_sun(self) -> Tensor:
+        """Move the map's brightest spot into the sun lobe and turn the lobe on; returns its world direction (3,).
+
+        The brightest texel (by mean radiance: by power, radiance x solid angle, the horizon's large texels win
+        while the sun is still forming) and its 3 x 3 neighbours: their radiance above the median of the texel's
+        row (the sky at the sun's elevation) becomes the lobe's power, its power-weighted mean direction the lobe's
+        direction, and those texels drop to that median -- the map renders about the same right after, with the
+        sun in one place.
+        """
+        if not self.sun:
+            raise NFieldsError("LearnedEnvironment.extract_sun: this light has no sun lobe (sun=False)")
+        tex = self.texels()
+        h, w, _ = tex.shape
+        sa = self.texel_sa.to(tex)
+        i, j = divmod(int(tex.mean(-1).argmax()), w)
+        rows = torch.arange(max(i - 1, 0), min(i + 2, h), device=tex.device)
+        cols = torch.remainder(torch.arange(j - 1, j + 2, device=tex.device), w)
+        background = tex[i].median(dim=0).values  # (3,)
+        patch = tex[rows][:, cols]
+        excess = (patch - background).clamp_min(0.0)
+        power = (excess * sa[rows][:, :, None]).sum((0, 1)).clamp_min(1e-8)
+        weight = (excess.mean(-1) * sa[rows]).clamp_min(0)
+        mu = (weight[..., None] * self.texel_dirs[rows][:, cols]).sum((0, 1))
+        if float(mu.norm()) < 1e-8:
+            mu = self.texel_dirs[i, j]
+        self.sun_dir.copy_(F.normalize(mu, dim=0))
+        self.sun_log_power.copy_(power.log())
+        # Lower those texels to the background by their finest level (the coarse levels stay as they are).
+        ratio = ((patch - excess).clamp_min(1e-6) / patch.clamp_min(1e-6)).log()
+        fine = self.log_radiance
+        fine[rows[:, None], cols[None, :]] += ratio
+        self.sun_on.fill_(1.0)
+        return self.sun_direction()
 
     @classmethod
     def from_image(cls, image, height: int = 16, width: int = 32, **kwargs) -> LearnedEnvironment:
@@ -463,7 +538,9 @@ class LearnedEnvironment(_EquirectLight):
         return out
 
     def texels(self) -> Tensor:
-        return self.full_log_radiance().exp()
+        tex = self.full_log_radiance().exp()
+        sun = self.sun_map()
+        return tex if sun is None else tex + sun
 
     def chroma_variation(self, along: str = "uv") -> Tensor:
         """Mean absolute difference of log-chromaticity (log radiance minus its mean over the channels) between

@@ -371,7 +371,9 @@ class Trainer:
 
     def update_stage(self) -> None:
         """PBR runs: the neural colour head until ``train.pbr_start``, physically based shading from then on.
-        Hash-grid fields with ``train.coarse_to_fine_steps``: the number of active grid levels for this step."""
+        Hash-grid fields with ``train.coarse_to_fine_steps``: the number of active grid levels for this step. A
+        light with a sun lobe (``model.env_sun_after``): its brightest spot moves into the lobe once, that many steps
+        into the PBR stage."""
         t = self.cfg.train
         if t.coarse_to_fine_steps > 0:
             for enc in self._grid_encodings():
@@ -382,6 +384,14 @@ class Trainer:
             self.field.shading = "pbr" if self.step >= self.cfg.train.pbr_start else "neural"
             if self.field.shading == "pbr" and self.pbr_start_progress is None:
                 self.pbr_start_progress = self.schedule_progress(self.step) if self.step > 0 else 0.0
+            env = self.field.env
+            if env.sun and not bool(env.sun_on) and self.step >= t.pbr_start + self.cfg.model.env_sun_after:
+                d = ", ".join(f"{v:.3f}" for v in env.extract_sun().tolist())
+                msg = f"step {self.step}: the light's brightest spot moved into its sun lobe, direction ({d})"
+                if self.progress:
+                    tqdm.write(msg)
+                else:
+                    print(msg, file=sys.stderr)
 
     def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
         """Curvature prior on unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2), trained through the
@@ -600,6 +610,8 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
                 f"train.local_light_l1 {t.local_light_l1} / albedo_warm_start {t.albedo_warm_start} / metallic_l1 "
                 f"{t.metallic_l1}: must be >= 0"
             )
+        if m.env_sun_after < 0:
+            raise NFieldsError(f"model.env_sun_after {m.env_sun_after}: must be >= 0 (0 = no sun lobe)")
         if t.light_warmup_steps < 0 or t.light_chroma_smoothness < 0:
             raise NFieldsError(
                 f"train.light_warmup_steps {t.light_warmup_steps} / light_chroma_smoothness "
@@ -607,6 +619,7 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
             )
         return PBRField(
             aabb, env_height=m.env_height, env_lr_mult=m.env_lr_mult, env_levels=m.env_levels,
+            env_sun=m.env_sun_after > 0,
             up_axis=m.env_up_axis, detach_color_normals=m.detach_color_normals,
             init_radius=m.sdf_init_radius, normals=m.sdf_normals, fd_eps=m.sdf_fd_eps, color_dirs=m.sdf_color_dirs,
             shadow_lights=m.shadow_lights, shadow_sky=m.shadow_sky, shadow_resolution=m.shadow_resolution,

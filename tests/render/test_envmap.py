@@ -267,3 +267,60 @@ def test_learned_environment_pyramid_levels():
     assert len(group["params"]) == 3 and group["light"]
     with pytest.raises(NFieldsError, match="levels 4"):
         LearnedEnvironment(6, 12, levels=4)
+
+
+def test_sun_lobe_keeps_its_power_moves_smoothly_and_learns():
+    """The sun lobe carries exactly its power wherever it points (between texel centres too), its map changes
+    little for a small turn, and gradients reach its direction and power through the shading lookups."""
+    env = LearnedEnvironment(8, 16, init=0.5, sun=True)
+    assert torch.allclose(env.texels(), torch.full((8, 16, 3), 0.5))  # off until extracted
+    sa = texel_solid_angle(8, 16)
+    with torch.no_grad():
+        env.sun_on.fill_(1.0)
+        env.sun_log_power.copy_(torch.tensor([2.0, 1.0, 0.5]).log())
+    maps = []
+    for az in torch.linspace(0.0, 0.6, 7):  # radians: across several texel columns, 30 deg up
+        with torch.no_grad():
+            env.sun_dir.copy_(torch.tensor([math.cos(az) * 0.866, math.sin(az) * 0.866, 0.5]))
+        sun = env.sun_map()
+        assert torch.allclose((sun * sa[..., None]).sum((0, 1)), torch.tensor([2.0, 1.0, 0.5]), rtol=1e-5)
+        maps.append(sun.detach())
+    steps = [float((b - a).abs().sum() / a.abs().sum()) for a, b in zip(maps, maps[1:])]
+    assert max(steps) < 0.6  # a 5.7 degree turn (a seventh of a texel's 22.5) moves well under all of it
+    # Its power is where it points: facing it, a surface gets (nearly) all of it on top of the sky; facing away,
+    # the sky's pi x 0.5 alone.
+    d = torch.nn.functional.normalize(env.sun_dir.detach(), dim=0)
+    e = env.irradiance(torch.stack([d, -d])).detach()
+    assert torch.allclose(e[1], torch.full((3,), 0.5 * math.pi), rtol=0.02)
+    assert torch.allclose(e[0] - e[1], torch.tensor([2.0, 1.0, 0.5]), rtol=0.1)
+    (env.irradiance(_unit(64)).sum() + env.prefiltered(_unit(64, 1), torch.rand(64)).sum()).backward()
+    assert float(env.sun_dir.grad.abs().sum()) > 0 and (env.sun_log_power.grad > 0).all()
+    (group,) = env.param_groups(0.01)
+    assert any(p is env.sun_dir for p in group["params"]) and any(p is env.sun_log_power for p in group["params"])
+    with pytest.raises(NFieldsError, match="no sun lobe"):
+        LearnedEnvironment(8, 16).extract_sun()
+
+
+def test_extract_sun_moves_a_smeared_sun_into_the_lobe():
+    """A sun learned as a bright texel and its smear: extraction finds its direction (within a few degrees),
+    keeps the light's power, leaves the rest of the sky alone and turns the lobe on; state_dict keeps it on."""
+    env = LearnedEnvironment(16, 32, init=0.3, sun=True, up_axis="z")
+    sun_world = torch.nn.functional.normalize(torch.tensor([0.45, 0.7, 0.55]), dim=0)
+    texel_dirs = uv_to_dir(texel_uv(16, 32), "z")
+    ang = torch.acos((texel_dirs @ sun_world).clamp(-1, 1))
+    smear = 40.0 * torch.exp(-0.5 * (ang / 0.15) ** 2)  # ~ one texel wide, centred between texel centres
+    with torch.no_grad():
+        env.log_radiance.copy_((0.3 + smear)[..., None].expand(16, 32, 3).log())
+    sa = texel_solid_angle(16, 32)
+    before = env.texels().detach()
+    got = env.extract_sun()
+    after = env.texels().detach()
+    assert bool(env.sun_on)
+    assert math.degrees(math.acos(float(got @ sun_world))) < 4.0
+    total = lambda t: (t * sa[..., None]).sum((0, 1))  # noqa: E731
+    assert torch.allclose(total(after), total(before), rtol=0.03)
+    far = ang > 0.8  # more than ~45 degrees from the sun: untouched
+    assert torch.allclose(after[far], before[far], rtol=1e-4)
+    fresh = LearnedEnvironment(16, 32, sun=True)
+    fresh.load_state_dict(env.state_dict())
+    assert bool(fresh.sun_on) and torch.allclose(fresh.texels(), after, rtol=1e-5)

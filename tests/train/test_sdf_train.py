@@ -270,3 +270,32 @@ def test_second_order_normal_prior_leaves_constant_curvature_alone():
     assert Trainer.normal_smoothness_term(stub, p).item() > 10 * second
     with pytest.raises(NFieldsError, match="normal_smoothness_order"):
         build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_order=3"]), [-1, -1, -1, 1, 1, 1])
+
+
+def test_sun_lobe_is_extracted_once_into_the_pbr_stage(tmp_path):
+    """model.env_sun_after: the light's brightest spot moves into its sun lobe that many steps into the PBR stage,
+    once (a resumed trainer sees the lobe already on); the lobe trains in the light's group; < 0 is refused."""
+    cfg = build_config("demo", "hashgrid", "tiny", ["model.shading=pbr", "train.pbr_start=5", "model.env_sun_after=3"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    env = trainer.field.env
+    (light,) = [g for g in param_groups(trainer.field, 0.01) if g.get("light")]
+    assert any(p is env.sun_dir for p in light["params"])
+    with torch.no_grad():
+        env.log_radiance[4, 10] += math.log(50.0)  # a sun the light has found
+    for step in (0, 5, 7):
+        trainer.step = step
+        trainer.update_stage()
+        assert not bool(env.sun_on)
+    trainer.step = 8
+    trainer.update_stage()
+    assert bool(env.sun_on)
+    want = torch.nn.functional.normalize(env.texel_dirs[4, 10], dim=0) @ env.world_to_map
+    assert float(env.sun_direction() @ want) > 0.99
+    power = env.sun_log_power.detach().exp()
+    with torch.no_grad():
+        env.sun_log_power.add_(1.0)  # the lobe learns on; a later step must not extract again
+    trainer.step = 9
+    trainer.update_stage()
+    assert torch.allclose(env.sun_log_power.detach().exp(), power * math.e)
+    with pytest.raises(NFieldsError, match="model.env_sun_after -1"):
+        build_field(build_config("demo", None, "tiny", ["model.shading=pbr", "model.env_sun_after=-1"]), torch.zeros(6))
