@@ -39,12 +39,13 @@ from nfields.tasks.sdf import MARGIN, fit_sdf
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# Per backend: fixed options and a grid of size options; the grid entry closest to the target count is used.
 # Kodak: where each backend's learning rate ends, as a fraction of its start (exponential decay over the budget).
 # Measured (docs/results.md, session 29): the hash grid at a constant 1e-2 oscillates late (kodim06 37.20 dB at
 # 120 s; 0.1: 51.81), while the dense grid and the RBF layer need their rate to the end (kodim03 at 0.1: -4.3 and
 # -4.9 dB).
 LR_FINAL = {"hashgrid": 0.1}
+
+# Per backend: fixed options and a grid of size options; the grid entry closest to the target count is used.
 IMAGE_BACKENDS: dict[str, tuple[str, dict, list[dict]]] = {
     "mlp-fourier": ("mlp", {"encoding": "fourier", "sigma": 10.0, "n_fourier": 128, "layers": 3}, []),
     "mlp-positional": ("mlp", {"encoding": "positional", "n_freqs": 10, "layers": 3}, []),

@@ -152,31 +152,27 @@ def maps(run: Path, out: Path) -> None:
     print(f"wrote {out} (columns: image | normals gt, run, error | albedo gt, run, error x4 | roughness | metallic)")
 
 
-@torch.no_grad()
 def _print_sun(env, true_map) -> None:
     """Print the angle between the scene's sun (its map's brightest pixel, full resolution) and the learned one
-    (the sun lobe when the light has one, else the learned map's brightest texel), and the lobe's share of the
-    learned light's power."""
-    from nfields.render.envmap import texel_solid_angle, texel_uv, uv_to_dir
+    (the sun lobe when the light has one, else the learned map's brightest texel by power), and the lobe's share of
+    the learned light's power."""
+    from nfields.render.envmap import mean_radiance, texel_uv, uv_to_dir
+    from nfields.render.shadows import brightest_texels
 
     img = torch.as_tensor(true_map, dtype=torch.float32)
-    hh, ww, _ = img.shape
-    true_dir = uv_to_dir(texel_uv(hh, ww), env.up_axis).reshape(-1, 3)[img.mean(-1).argmax()]
-    tex = env.texels().detach()
-    h, w, _ = tex.shape
-    sa = texel_solid_angle(h, w)
+    true_dir = uv_to_dir(texel_uv(*img.shape[:2]), env.up_axis).reshape(-1, 3)[img.mean(-1).argmax()]
     sun = env.sun_map() if env.sun else None
     if sun is not None:
-        learned, what = env.sun_direction(), "sun lobe"
-        share = float((sun.detach() * sa[..., None]).sum() / (tex * sa[..., None]).sum())
-        what += f" ({100 * share:.0f} % of the light's power)"
+        share = float(mean_radiance(sun).sum() / mean_radiance(env.texels()).sum())
+        learned, what = env.sun_direction(), f"sun lobe ({100 * share:.0f} % of the light's power)"
     else:
-        learned = uv_to_dir(texel_uv(h, w), env.up_axis).reshape(-1, 3)[(tex.mean(-1) * sa).argmax()]
-        what = "brightest texel (by power)"
+        tex = env.texels()
+        learned, what = brightest_texels(env, 1, tuple(tex.shape[:2])).dirs[0], "brightest texel (by power)"
     angle = math.degrees(math.acos(float((learned @ true_dir).clamp(-1, 1))))
     print(f"sun: the learned {what} is {angle:.1f} deg from the scene's brightest direction")
 
 
+@torch.no_grad()
 def light(run: Path, out: Path) -> None:
     """Write the learned-vs-true light montage of ``run`` to ``out`` (see the module docstring)."""
     from nfields.data.hdr import read_envmap
@@ -187,7 +183,7 @@ def light(run: Path, out: Path) -> None:
     tr = open_run(run)
     root = Path(tr.scene.root)
     meta = json.loads((root / "gt" / "scene.json").read_text())
-    learned = tr.field.env.texels().detach().float()
+    learned = tr.field.env.texels().float()
     h, w, _ = learned.shape
     true = downsample_equirect(torch.as_tensor(read_envmap(root / meta["envmap"]), dtype=torch.float32), h, w)
     true = true * float(meta.get("exposure", 1.0))

@@ -500,18 +500,16 @@ class LearnedEnvironment(_EquirectLight):
         cols = torch.remainder(torch.arange(j - 1, j + 2, device=tex.device), w)
         background = tex[i].median(dim=0).values  # (3,)
         patch = tex[rows][:, cols]
-        excess = (patch - background).clamp_min(0.0)
+        kept = torch.minimum(patch, background)
+        excess = patch - kept
         power = (excess * sa[rows][:, :, None]).sum((0, 1)).clamp_min(1e-8)
-        weight = (excess.mean(-1) * sa[rows]).clamp_min(0)
-        mu = (weight[..., None] * self.texel_dirs[rows][:, cols]).sum((0, 1))
+        mu = ((excess.mean(-1) * sa[rows])[..., None] * self.texel_dirs[rows][:, cols]).sum((0, 1))
         if float(mu.norm()) < 1e-8:
             mu = self.texel_dirs[i, j]
         self.sun_dir.copy_(F.normalize(mu, dim=0))
         self.sun_log_power.copy_(power.log())
         # Lower those texels to the background by their finest level (the coarse levels stay as they are).
-        ratio = ((patch - excess).clamp_min(1e-6) / patch.clamp_min(1e-6)).log()
-        fine = self.log_radiance
-        fine[rows[:, None], cols[None, :]] += ratio
+        self.log_radiance[rows[:, None], cols[None, :]] += (kept.clamp_min(1e-6) / patch.clamp_min(1e-6)).log()
         self.sun_on.fill_(1.0)
         return self.sun_direction()
 

@@ -351,17 +351,20 @@ class Trainer:
             self._grid_encs = [m for m in self.field.modules() if hasattr(m, "active_levels")]
         return self._grid_encs
 
+    def _say(self, msg: str) -> None:
+        """One line for the user: above the progress bar, or on stderr without one."""
+        if self.progress:
+            tqdm.write(msg)
+        else:
+            print(msg, file=sys.stderr)
+
     def _skip_step(self, stats: dict, what: str) -> dict:
         """A NaN/inf loss or gradient: drop the update, halve the learning rate, report it, and stop the run with
         a one-line error after MAX_BAD_STEPS in a row (the last checkpoint is kept)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_steps += 1
         self.lr_scale *= 0.5
-        msg = f"step {self.step}: non-finite {what}, step skipped, learning rate x{self.lr_scale:g}"
-        if self.progress:
-            tqdm.write(msg)
-        else:
-            print(msg, file=sys.stderr)
+        self._say(f"step {self.step}: non-finite {what}, step skipped, learning rate x{self.lr_scale:g}")
         if self.bad_steps >= MAX_BAD_STEPS:
             raise NFieldsError(
                 f"{self.run_dir}: {what} was NaN/inf {self.bad_steps} steps in a row; stopped (last checkpoint kept)"
@@ -387,11 +390,7 @@ class Trainer:
             env = self.field.env
             if env.sun and not bool(env.sun_on) and self.step >= t.pbr_start + self.cfg.model.env_sun_after:
                 d = ", ".join(f"{v:.3f}" for v in env.extract_sun().tolist())
-                msg = f"step {self.step}: the light's brightest spot moved into its sun lobe, direction ({d})"
-                if self.progress:
-                    tqdm.write(msg)
-                else:
-                    print(msg, file=sys.stderr)
+                self._say(f"step {self.step}: the light's brightest spot moved into its sun lobe, direction ({d})")
 
     def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
         """Curvature prior on unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2), trained through the
