@@ -9,6 +9,7 @@
     python apps/diag_pbr.py fit RUN --views 1 9 25  # masked PSNR on any views (training ones too), low / high freq.
     python apps/diag_pbr.py speed RUN --steps 10    # ms per training step: position-gradient and cull variants
     python apps/diag_pbr.py materials RUN --view 24 # learned roughness / metallic / albedo on a view's surface
+    python apps/diag_pbr.py roughness RUN --values 0.3 0.45 0.6 1  # PSNR with the roughness set to constants
     python apps/diag_pbr.py oracle-light NAME [--set K=V ...]  # train the demo under its true light, held fixed
     python apps/diag_pbr.py albedo-regions RUN      # aligned albedo PSNR by region: edges, metal, dark pixels
     python apps/diag_pbr.py ceiling --lights 0 16 64 --sky 0 4 8  # the shading model's own error on the demo's truth
@@ -54,6 +55,10 @@ photo | render | error x4 per view.
 one pass) -- runs 2 warm-up and ``--steps`` timed training steps (no profiler), twice over in alternation, so the
 machine's speed drift hits every variant alike; prints ms per step and rays per second.
 
+``roughness``: an SDF + PBR run's masked PSNR on its training and held-out views (averaged separately) as learned,
+then with the roughness replaced everywhere by each ``--values`` constant, all else as learned: whether the
+optimiser sits where the images want the roughness (1 = what it learned is best).
+
 ``materials``: any SDF + PBR run (DTU too): the 5/25/50/75/95 % quantiles of the learned roughness and metallic and
 the mean albedo at the surface points of ``--view`` (rendered at 1/4 size, opacity > 0.99), and the learned light's
 texel range -- e.g. whether a run imitates a diffuse look with a rough metal.
@@ -65,7 +70,9 @@ texel range -- e.g. whether a run imitates a diffuse look with a rough metal.
 its Monte Carlo images (image PSNR) and inverted per pixel for the albedo (dielectric pixels): the most a perfect
 optimisation could reach with that shading model, per shadow setting (``--lights`` brightest texels, ``--sky`` rows
 of the rest of the sky, ``model.shadow_sky``; ``--sky-cache`` lattices caching the sky's visibility,
-``model.shadow_sky_cache``, 0 = traced per pixel; ``--shadow-geometry RUN``: shadows cast by a run's learned SDF).
+``model.shadow_sky_cache``, 0 = traced per pixel; ``--shadow-geometry RUN``: shadows cast by a run's learned SDF;
+``--normals-from RUN``: that run's SDF normals instead of the true ones; ``--roughness true 0.45 1``: the true
+roughness or a constant in its place).
 
 ``albedo-regions``: a generated-scene run's aligned albedo PSNR by region (silhouette pixels, metal, dark pixels, ...).
 """
@@ -424,6 +431,46 @@ def speed(run: Path, steps: int = 10) -> None:
 
 
 @torch.no_grad()
+def roughness_sweep(run: Path, values: list[float]) -> None:
+    """Print the run's masked PSNR averaged over its training views and over its held-out views, as learned and with
+    the learned roughness replaced by each constant in ``values`` (see the module docstring)."""
+    from nfields.fields.pbr import PBRField
+    from nfields.train.metrics import psnr
+    from nfields.train.render_run import open_run
+
+    tr = open_run(run)
+    field = tr.field
+    if not isinstance(field, PBRField) or field.shading != "pbr":
+        raise NFieldsError(f"{run}: not an SDF + PBR run past its PBR start; roughness needs one")
+    for v in values:
+        if not 0.0 < v <= 1.0:
+            raise NFieldsError(f"--values {v}: roughness constants must be in (0, 1]")
+    learned = field.materials
+    groups = {"train": [int(i) for i in tr.scene.train_ids], "held-out": [int(i) for i in tr.scene.test_ids]}
+    print(f"{run}: masked PSNR, mean over {len(groups['train'])} training / {len(groups['held-out'])} held-out views")
+    try:
+        for value in [None, *values]:
+
+            def materials(features, points=None, value=value):
+                a, r, m = learned(features, points)
+                return a, (r if value is None else torch.full_like(r, value)), m
+
+            field.materials = materials
+            scores = {}
+            for name, ids in groups.items():
+                vals = []
+                for i in ids:
+                    r = tr.renderer.render_image(tr.scene.cameras, i, background=tr.background)
+                    gt, mask = tr.ground_truth(i, 1)
+                    vals.append(psnr(r["rgb"].clamp(0, 1), gt, mask))
+                scores[name] = float(np.mean(vals))
+            label = "as learned" if value is None else f"roughness {value:.2f}"
+            print(f"  {label:16s} train {scores['train']:.2f} dB, held-out {scores['held-out']:.2f} dB", flush=True)
+    finally:
+        del field.materials  # the instance attribute; the class method again
+
+
+@torch.no_grad()
 def materials(run: Path, view: int = 24) -> None:
     """Print the learned materials at a view's surface points and the light's range (see the module docstring)."""
     from nfields.fields.pbr import PBRField
@@ -497,6 +544,8 @@ def ceiling(
     sky_list: tuple[int, ...] = (0,),
     sky_cache: tuple[int, ...] = (0,),
     shadow_geometry: Path | None = None,
+    normals_from: Path | None = None,
+    roughness: tuple[str, ...] = ("true",),
 ) -> None:
     """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
     training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the sky's
@@ -506,7 +555,9 @@ def ceiling(
     instead of the true one, at the true surface points -- how faithful a learned lattice's shadows are): the image PSNR
     a perfect reconstruction would reach, and the albedo PSNR of inverting the shader per pixel (dielectric pixels: what
     the image implies the albedo is, given everything else true). Where these fall short of the targets, the shading
-    model, not the optimisation, is what limits."""
+    model, not the optimisation, is what limits. ``normals_from``: a run's SDF normals at the true surface points
+    instead of the true normals (what its normal error alone costs); ``roughness``: each entry ``true`` or a constant
+    that replaces the true roughness everywhere (what a flat roughness costs)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
     from nfields.data.resolve import resolve_scene_path
     from nfields.data.synthetic import demo_cameras, demo_sdf
@@ -529,15 +580,39 @@ def ceiling(
         field = open_run(shadow_geometry).field
         volume.update(field.sdf, device=volume.aabb.device)
         print(f"shadows cast by the SDF of {shadow_geometry}")
-    settings = [(k, s, c) for k in lights_list for s in sky_list for c in sky_cache if (k or not s) and (s or not c)]
-    for k, sky, cache in settings:
+    learned = None
+    if normals_from is not None:
+        from nfields.train.render_run import open_run
+
+        learned = open_run(normals_from).field
+        print(f"normals from the SDF of {normals_from}, at the true surface points")
+    for rough in roughness:
+        try:
+            ok = rough == "true" or 0.0 < float(rough) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise NFieldsError(f"--roughness {rough!r}: 'true' or a number in (0, 1]")
+    settings = [
+        (k, s, c, rg)
+        for k in lights_list
+        for s in sky_list
+        for c in sky_cache
+        for rg in roughness
+        if (k or not s) and (s or not c)
+    ]
+    for k, sky, cache, rough in settings:
         img_err, alb_err, n_img, n_alb, t0 = 0.0, 0.0, 0, 0, time.perf_counter()
         for i in views:
             rays = cams.image_rays(i)
             hit, t, n = surface.intersect(rays.origins, rays.directions)
             j = torch.nonzero(hit).squeeze(-1)
             p, n, v = rays.origins[j] + t[j, None] * rays.directions[j], n[j], -rays.directions[j]
+            if learned is not None:
+                n = torch.nn.functional.normalize(learned.geometry_and_gradient(p)[2], dim=-1)
             a, r, m = procedural_materials(p)
+            if rough != "true":
+                r = torch.full_like(r, float(rough))
             shadow = None
             if k:
                 lights = shadow_lights(env, k, sky)
@@ -564,7 +639,7 @@ def ceiling(
             n_alb += est.numel()
         img_psnr, alb_psnr = -10 * math.log10(img_err / n_img), -10 * math.log10(alb_err / n_alb)
         print(
-            f"shadow lights {k:4d}, sky {sky}, sky cache {cache}: image PSNR {img_psnr:.2f} dB, "
+            f"shadow lights {k:4d}, sky {sky}, sky cache {cache}, roughness {rough}: image PSNR {img_psnr:.2f} dB, "
             f"albedo by inversion (dielectric) {alb_psnr:.2f} dB ({time.perf_counter() - t0:.1f} s)"
         )
 
@@ -644,6 +719,9 @@ def main(argv: list[str] | None = None) -> None:
     ps = sub.add_parser("speed")
     ps.add_argument("run", type=Path)
     ps.add_argument("--steps", type=int, default=10)
+    prs = sub.add_parser("roughness")
+    prs.add_argument("run", type=Path)
+    prs.add_argument("--values", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.8, 1.0])
     pmt = sub.add_parser("materials")
     pmt.add_argument("run", type=Path)
     pmt.add_argument("--view", type=int, default=24)
@@ -660,6 +738,8 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--sky", type=int, nargs="+", default=[0])
     pc.add_argument("--sky-cache", type=int, nargs="+", default=[0])
     pc.add_argument("--shadow-geometry", type=Path, default=None)
+    pc.add_argument("--normals-from", type=Path, default=None)
+    pc.add_argument("--roughness", nargs="+", default=["true"])
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -668,13 +748,24 @@ def main(argv: list[str] | None = None) -> None:
         if args.cmd == "albedo-regions":
             albedo_regions(args.run)
         elif args.cmd == "ceiling":
-            ceiling(args.lights, args.views, args.resolution, args.sky, args.sky_cache, args.shadow_geometry)
+            ceiling(
+                args.lights,
+                args.views,
+                args.resolution,
+                args.sky,
+                args.sky_cache,
+                args.shadow_geometry,
+                args.normals_from,
+                tuple(args.roughness),
+            )
         elif args.cmd == "oracle-light":
             oracle_light(args.name, args.scene, args.set)
         elif args.cmd == "noise":
             noise(args.spp)
         elif args.cmd == "profile":
             profile(args.run, args.steps, args.warmup)
+        elif args.cmd == "roughness":
+            roughness_sweep(args.run, args.values)
         elif args.cmd == "materials":
             materials(args.run, args.view)
         elif args.cmd == "speed":
