@@ -197,7 +197,16 @@ class TrainConfig:
     mean irradiance over the environment's), so the distant light explains what it can (0 = no penalty)."""
     normal_smoothness: float = 0.0
     """SDF fields: weight of a curvature prior, mean |n(x) - n(x + delta)| of unit SDF normals at up to 1024 surface
-    points per step (delta ~ N(0, 0.01^2)); smooths the high-frequency noise of hash-grid SDFs (0 = off)."""
+    points per step (delta ~ N(0, eps^2), ``normal_smoothness_eps``); smooths the high-frequency noise of hash-grid
+    SDFs (0 = off)."""
+    normal_smoothness_eps: float = 0.01
+    """SDF fields: the curvature prior's offset scale (delta ~ N(0, eps^2), world units): wrinkles shorter than it
+    cost as much at any eps, smooth curvature (a fillet of radius r) costs ~eps / r."""
+    normal_smoothness_final: float = 1.0
+    """SDF fields: the curvature prior's weight at the end of the run, as a fraction of ``normal_smoothness``; the
+    weight moves linearly from one to the other over the run's progress (that of the learning-rate schedule), so
+    the prior can take the early wrinkles out and then let true curvature -- a fillet, a crease -- sharpen
+    (Neuralangelo also decays its curvature weight as finer levels come in; 1 = constant)."""
     normal_smoothness_order: int = 1
     """1: the prior is the first difference of the normals, |n(x) - n(x + delta)| (any curvature costs, so it also
     flattens true creases and fillets); 2: the second difference |n(x + delta) + n(x - delta) - 2 n(x)| (zero on

@@ -309,8 +309,9 @@ class Trainer:
                         loss = loss + t.local_light_l1 * share
                     extra["local_light"] = share.item()
                 if self.is_sdf and t.normal_smoothness > 0:
-                    curv = self.normal_smoothness_term(p[torch.randperm(len(p), device=p.device)[:1024]])
-                    loss = loss + t.normal_smoothness * curv
+                    pick = torch.randperm(len(p), device=p.device)[:1024]
+                    curv = self.normal_smoothness_term(p[pick], t.normal_smoothness_eps)
+                    loss = loss + self.normal_smoothness_weight() * curv
                     extra["normal_smoothness"] = curv.item()
         if in_pbr and t.light_chroma_smoothness > 0:
             chroma = self.field.env.chroma_variation(t.light_chroma_along)
@@ -391,6 +392,12 @@ class Trainer:
             if env.sun and not bool(env.sun_on) and self.step >= t.pbr_start + self.cfg.model.env_sun_after:
                 d = ", ".join(f"{v:.3f}" for v in env.extract_sun().tolist())
                 self._say(f"step {self.step}: the light's brightest spot moved into its sun lobe, direction ({d})")
+
+    def normal_smoothness_weight(self) -> float:
+        """The curvature prior's weight now: ``train.normal_smoothness`` moving linearly to
+        ``normal_smoothness * normal_smoothness_final`` over the run's :meth:`schedule_progress`."""
+        t = self.cfg.train
+        return t.normal_smoothness * (1.0 + (t.normal_smoothness_final - 1.0) * self.schedule_progress(self.step))
 
     def normal_smoothness_term(self, p: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
         """Curvature prior on unit SDF normals at surface points p (M, 3), delta ~ N(0, eps^2), trained through the
@@ -575,6 +582,13 @@ def build_field(cfg: RunConfig, aabb: torch.Tensor):
         return RadianceField(aabb, **common)
     if m.sdf_normals not in ("finite_difference", "analytic"):
         raise NFieldsError(f"model.sdf_normals {m.sdf_normals!r}: valid: finite_difference, analytic")
+    if not 0.0 <= cfg.train.normal_smoothness_final <= 1.0:
+        raise NFieldsError(
+            f"train.normal_smoothness_final {cfg.train.normal_smoothness_final}: must be in [0, 1] (a fraction of "
+            "train.normal_smoothness)"
+        )
+    if not cfg.train.normal_smoothness_eps > 0:
+        raise NFieldsError(f"train.normal_smoothness_eps {cfg.train.normal_smoothness_eps}: must be > 0 (world units)")
     if cfg.train.normal_smoothness_order not in (1, 2):
         raise NFieldsError(f"train.normal_smoothness_order {cfg.train.normal_smoothness_order}: valid: 1, 2")
     if m.sdf_fd_eps < 0:

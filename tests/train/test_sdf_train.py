@@ -167,6 +167,16 @@ def test_coarse_to_fine_activates_hash_levels_on_schedule(tmp_path):
     trainer.cfg.train.normal_smoothness = 0.1
     stats = trainer.train_step()
     assert 0.0 < stats["normal_smoothness"] < 2.0
+    # train.normal_smoothness_final: the weight moves linearly to that fraction over the run.
+    trainer.cfg.train.normal_smoothness_final = 0.2
+    weights = []
+    for step in (trainer.cfg.train.warmup_steps, (trainer.cfg.train.warmup_steps + trainer.cfg.train.steps) // 2):
+        trainer.step = step
+        weights.append(trainer.normal_smoothness_weight())
+    trainer.step = trainer.cfg.train.steps
+    weights.append(trainer.normal_smoothness_weight())
+    assert weights == pytest.approx([0.1, 0.06, 0.02], abs=1e-3), weights
+    trainer.cfg.train.normal_smoothness_final = 1.0
     trainer.field.zero_grad()
     p = torch.nn.functional.normalize(torch.randn(256, 3), dim=-1) * 0.5
     trainer.normal_smoothness_term(p).backward()
@@ -270,6 +280,8 @@ def test_second_order_normal_prior_leaves_constant_curvature_alone():
     assert Trainer.normal_smoothness_term(stub, p).item() > 10 * second
     with pytest.raises(NFieldsError, match="normal_smoothness_order"):
         build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_order=3"]), [-1, -1, -1, 1, 1, 1])
+    with pytest.raises(NFieldsError, match=r"normal_smoothness_final 1.5: must be in \[0, 1\]"):
+        build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_final=1.5"]), [-1, -1, -1, 1, 1, 1])
 
 
 def test_sun_lobe_is_extracted_once_into_the_pbr_stage(tmp_path):
