@@ -282,6 +282,8 @@ def test_second_order_normal_prior_leaves_constant_curvature_alone():
         build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_order=3"]), [-1, -1, -1, 1, 1, 1])
     with pytest.raises(NFieldsError, match=r"normal_smoothness_final 1.5: must be in \[0, 1\]"):
         build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_final=1.5"]), [-1, -1, -1, 1, 1, 1])
+    with pytest.raises(NFieldsError, match="normal_smoothness_eps 0.0: must be > 0"):
+        build_field(build_config("demo", "mlp", "tiny", ["train.normal_smoothness_eps=0"]), [-1, -1, -1, 1, 1, 1])
 
 
 def test_sun_lobe_is_extracted_once_into_the_pbr_stage(tmp_path):
