@@ -342,7 +342,7 @@ def cull_unseen(
         if masks.shape != (len(c2w), height, width):
             raise NFieldsError(f"cull_unseen: masks must be (N,H,W)=({len(c2w)},{height},{width}), got {masks.shape}")
     cams = Cameras(K=torch.from_numpy(Ks).float(), c2w=torch.from_numpy(c2w).float(), width=width, height=height)
-    centres = torch.as_tensor(mesh.triangles_center, dtype=torch.float32)
+    centres = torch.from_numpy(np.array(mesh.triangles_center, dtype=np.float32))  # a copy: trimesh's is read-only
     seen = torch.zeros(len(centres), dtype=torch.bool)
     for i in range(len(c2w)):
         uv, inside = cams.in_image(i, centres)
