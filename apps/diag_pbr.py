@@ -72,7 +72,7 @@ optimisation could reach with that shading model, per shadow setting (``--lights
 of the rest of the sky, ``model.shadow_sky``; ``--sky-cache`` lattices caching the sky's visibility,
 ``model.shadow_sky_cache``, 0 = traced per pixel; ``--shadow-geometry RUN``: shadows cast by a run's learned SDF;
 ``--normals-from RUN``: that run's SDF normals instead of the true ones; ``--roughness true 0.45 1``: the true
-roughness or a constant in its place).
+roughness or a constant in its place; ``--light-from RUN``: that run's learned light instead of the true one).
 
 ``albedo-regions``: a generated-scene run's aligned albedo PSNR by region (silhouette pixels, metal, dark pixels, ...).
 """
@@ -546,6 +546,7 @@ def ceiling(
     shadow_geometry: Path | None = None,
     normals_from: Path | None = None,
     roughness: tuple[str, ...] = ("true",),
+    light_from: Path | None = None,
 ) -> None:
     """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
     training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the sky's
@@ -557,7 +558,9 @@ def ceiling(
     the image implies the albedo is, given everything else true). Where these fall short of the targets, the shading
     model, not the optimisation, is what limits. ``normals_from``: a run's SDF normals at the true surface points
     instead of the true normals (what its normal error alone costs); ``roughness``: each entry ``true`` or a constant
-    that replaces the true roughness everywhere (what a flat roughness costs)."""
+    that replaces the true roughness everywhere (what a flat roughness costs); ``light_from``: a run's learned light
+    instead of the true one (the true albedo divided by the run's ``nfields eval`` alignment for the image; the
+    inverted albedo aligned per channel like ``nfields eval`` -- what the learned light alone costs)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
     from nfields.data.resolve import resolve_scene_path
     from nfields.data.synthetic import demo_cameras, demo_sdf
@@ -569,6 +572,12 @@ def ceiling(
     sky = procedural_sky()
     exposure = auto_exposure(EnvironmentMap(sky))
     env = LearnedEnvironment.from_image(sky, 16, 32)
+    scale = torch.ones(3)
+    if light_from is not None:
+        from nfields.train.render_run import open_run
+
+        env, exposure, scale = open_run(light_from).field.env, 1.0, _albedo_scale(light_from)
+        print(f"the light learned by {light_from} (albedo alignment {[round(float(x), 3) for x in scale]})")
     cams = demo_cameras(40, 200, 0)  # generate_demo_scene's defaults
     surface = DemoSurface()
     volume = ShadowVolume(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), resolution)
@@ -602,7 +611,7 @@ def ceiling(
         if (k or not s) and (s or not c)
     ]
     for k, sky, cache, rough in settings:
-        img_err, alb_err, n_img, n_alb, t0 = 0.0, 0.0, 0, 0, time.perf_counter()
+        img_err, n_img, ests, trues, t0 = 0.0, 0, [], [], time.perf_counter()
         for i in views:
             rays = cams.image_rays(i)
             hit, t, n = surface.intersect(rays.origins, rays.directions)
@@ -618,7 +627,7 @@ def ceiling(
                 lights = shadow_lights(env, k, sky)
                 vis = light_visibility(volume, p, n, lights, sky, cache)
                 shadow = (vis, lights)
-            rgb = shade_pbr(n, v, a, r, m, env, shadow=shadow) * exposure
+            rgb = shade_pbr(n, v, a / scale, r, m, env, shadow=shadow) * exposure
             photo = _load(root / "image" / f"{i:06d}.png").reshape(-1, 3)[j]
             img_err += float(((linear_to_srgb(rgb.clamp(0, 1)) - photo) ** 2).sum())
             n_img += photo.numel()
@@ -634,10 +643,15 @@ def ceiling(
                 True,
                 None if shadow is None else (shadow[0][d], shadow[1]),
             )
-            est = (srgb_to_linear(photo[d]) / exposure - spec) / diff1.clamp_min(1e-6)
-            alb_err += float(((linear_to_srgb(est.clamp(0, 1)) - linear_to_srgb(a[d])) ** 2).sum())
-            n_alb += est.numel()
-        img_psnr, alb_psnr = -10 * math.log10(img_err / n_img), -10 * math.log10(alb_err / n_alb)
+            ests.append((srgb_to_linear(photo[d]) / exposure - spec) / diff1.clamp_min(1e-6))
+            trues.append(a[d])
+        est, true = torch.cat(ests), torch.cat(trues)
+        if light_from is not None:
+            from nfields.train.evaluate import albedo_scale
+
+            est = est * albedo_scale(est.clamp(0, 1), true)
+        alb_err = float(((linear_to_srgb(est.clamp(0, 1)) - linear_to_srgb(true)) ** 2).mean())
+        img_psnr, alb_psnr = -10 * math.log10(img_err / n_img), -10 * math.log10(alb_err)
         print(
             f"shadow lights {k:4d}, sky {sky}, sky cache {cache}, roughness {rough}: image PSNR {img_psnr:.2f} dB, "
             f"albedo by inversion (dielectric) {alb_psnr:.2f} dB ({time.perf_counter() - t0:.1f} s)"
@@ -740,6 +754,7 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--shadow-geometry", type=Path, default=None)
     pc.add_argument("--normals-from", type=Path, default=None)
     pc.add_argument("--roughness", nargs="+", default=["true"])
+    pc.add_argument("--light-from", type=Path, default=None)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -757,6 +772,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.shadow_geometry,
                 args.normals_from,
                 tuple(args.roughness),
+                args.light_from,
             )
         elif args.cmd == "oracle-light":
             oracle_light(args.name, args.scene, args.set)
