@@ -72,7 +72,9 @@ optimisation could reach with that shading model, per shadow setting (``--lights
 of the rest of the sky, ``model.shadow_sky``; ``--sky-cache`` lattices caching the sky's visibility,
 ``model.shadow_sky_cache``, 0 = traced per pixel; ``--shadow-geometry RUN``: shadows cast by a run's learned SDF;
 ``--normals-from RUN``: that run's SDF normals instead of the true ones; ``--roughness true 0.45 1``: the true
-roughness or a constant in its place; ``--light-from RUN``: that run's learned light instead of the true one).
+roughness or a constant in its place; ``--light-from RUN``: that run's learned light instead of the true one;
+``--light-mix true-colour|true-intensity``: its intensity with the true colour, or the other way round; ``true``
+with ``--light-scale R G B``: the true light times a per-channel factor).
 
 ``albedo-regions``: a generated-scene run's aligned albedo PSNR by region (silhouette pixels, metal, dark pixels, ...).
 """
@@ -547,6 +549,8 @@ def ceiling(
     normals_from: Path | None = None,
     roughness: tuple[str, ...] = ("true",),
     light_from: Path | None = None,
+    light_mix: str = "learned",
+    light_scale: tuple[float, float, float] | None = None,
 ) -> None:
     """The demo's true geometry, materials and light (area-averaged to the learned map's 16x32 texels) shaded by the
     training shader (split-sum, shadows from the K brightest texels -- and with a ``sky`` > 0 from the rest of the sky's
@@ -560,7 +564,11 @@ def ceiling(
     instead of the true normals (what its normal error alone costs); ``roughness``: each entry ``true`` or a constant
     that replaces the true roughness everywhere (what a flat roughness costs); ``light_from``: a run's learned light
     instead of the true one (the true albedo divided by the run's ``nfields eval`` alignment for the image; the
-    inverted albedo aligned per channel like ``nfields eval`` -- what the learned light alone costs)."""
+    inverted albedo aligned per channel like ``nfields eval`` -- what the learned light alone costs); ``light_mix``
+    ``true-colour``: the learned light's intensity (channel mean) with the true light's colour, ``true-intensity``:
+    the other way round -- which of the two the learned light's cost comes from; ``true``: the control (the true
+    light in the run's units: the true-light ceiling again); ``light_scale``: use this per-channel factor instead of
+    the run's alignment (with ``true``: the true light times it -- what the light's absolute scale alone costs)."""
     from nfields.data.pbr_scene import DemoSurface, auto_exposure, procedural_materials, procedural_sky
     from nfields.data.resolve import resolve_scene_path
     from nfields.data.synthetic import demo_cameras, demo_sdf
@@ -576,8 +584,24 @@ def ceiling(
     if light_from is not None:
         from nfields.train.render_run import open_run
 
-        env, exposure, scale = open_run(light_from).field.env, 1.0, _albedo_scale(light_from)
-        print(f"the light learned by {light_from} (albedo alignment {[round(float(x), 3) for x in scale]})")
+        learned_env, scale = open_run(light_from).field.env, _albedo_scale(light_from)
+        if light_scale is not None:
+            scale = torch.tensor(light_scale, dtype=torch.float32)
+        align = [round(float(x), 3) for x in scale]
+        print(f"the light learned by {light_from} (albedo alignment {align}), {light_mix}")
+        mine = learned_env.texels().detach().float()
+        truth = env.texels().detach().float() * exposure * scale  # the true light in the run's units
+        if light_mix == "learned":
+            env = learned_env
+        elif light_mix == "true":  # the control: the true light in the run's units
+            env = LearnedEnvironment.from_image(truth, *truth.shape[:2])
+        elif light_mix in ("true-colour", "true-intensity"):
+            lum_m, lum_t = mine.mean(-1, keepdim=True), truth.mean(-1, keepdim=True).clamp_min(1e-8)
+            mixed = lum_m * truth / lum_t if light_mix == "true-colour" else lum_t * mine / lum_m.clamp_min(1e-8)
+            env = LearnedEnvironment.from_image(mixed, *mixed.shape[:2])
+        else:
+            raise NFieldsError(f"--light-mix {light_mix!r}: learned, true-colour, true-intensity or true")
+        exposure = 1.0
     cams = demo_cameras(40, 200, 0)  # generate_demo_scene's defaults
     surface = DemoSurface()
     volume = ShadowVolume(torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]), resolution)
@@ -755,6 +779,8 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--normals-from", type=Path, default=None)
     pc.add_argument("--roughness", nargs="+", default=["true"])
     pc.add_argument("--light-from", type=Path, default=None)
+    pc.add_argument("--light-mix", default="learned")
+    pc.add_argument("--light-scale", type=float, nargs=3, default=None)
     pn = sub.add_parser("noise")
     pn.add_argument("--spp", type=int, default=128)
     args = p.parse_args(argv)
@@ -773,6 +799,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.normals_from,
                 tuple(args.roughness),
                 args.light_from,
+                args.light_mix,
+                args.light_scale,
             )
         elif args.cmd == "oracle-light":
             oracle_light(args.name, args.scene, args.set)
