@@ -575,15 +575,24 @@ def ceiling(
     from nfields.render.envmap import EnvironmentMap, LearnedEnvironment
     from nfields.render.shading import linear_to_srgb, shade_pbr, srgb_to_linear
     from nfields.render.shadows import ShadowVolume, light_visibility, shadow_lights
+    from nfields.train.evaluate import albedo_scale
+    from nfields.train.render_run import open_run
 
+    for rough in roughness:  # checked before any run is loaded
+        try:
+            ok = rough == "true" or 0.0 < float(rough) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise NFieldsError(f"--roughness {rough!r}: 'true' or a number in (0, 1]")
+    if light_mix not in ("learned", "true-colour", "true-intensity", "true"):
+        raise NFieldsError(f"--light-mix {light_mix!r}: learned, true-colour, true-intensity or true")
     root = resolve_scene_path("demo")
     sky = procedural_sky()
     exposure = auto_exposure(EnvironmentMap(sky))
     env = LearnedEnvironment.from_image(sky, 16, 32)
     scale = torch.ones(3)
     if light_from is not None:
-        from nfields.train.render_run import open_run
-
         learned_env, scale = open_run(light_from).field.env, _albedo_scale(light_from)
         if light_scale is not None:
             scale = torch.tensor(light_scale, dtype=torch.float32)
@@ -595,12 +604,10 @@ def ceiling(
             env = learned_env
         elif light_mix == "true":  # the control: the true light in the run's units
             env = LearnedEnvironment.from_image(truth, *truth.shape[:2])
-        elif light_mix in ("true-colour", "true-intensity"):
+        else:
             lum_m, lum_t = mine.mean(-1, keepdim=True), truth.mean(-1, keepdim=True).clamp_min(1e-8)
             mixed = lum_m * truth / lum_t if light_mix == "true-colour" else lum_t * mine / lum_m.clamp_min(1e-8)
             env = LearnedEnvironment.from_image(mixed, *mixed.shape[:2])
-        else:
-            raise NFieldsError(f"--light-mix {light_mix!r}: learned, true-colour, true-intensity or true")
         exposure = 1.0
     cams = demo_cameras(40, 200, 0)  # generate_demo_scene's defaults
     surface = DemoSurface()
@@ -608,24 +615,13 @@ def ceiling(
     if shadow_geometry is None:
         volume.update(demo_sdf)
     else:
-        from nfields.train.render_run import open_run
-
         field = open_run(shadow_geometry).field
         volume.update(field.sdf, device=volume.aabb.device)
         print(f"shadows cast by the SDF of {shadow_geometry}")
     learned = None
     if normals_from is not None:
-        from nfields.train.render_run import open_run
-
         learned = open_run(normals_from).field
         print(f"normals from the SDF of {normals_from}, at the true surface points")
-    for rough in roughness:
-        try:
-            ok = rough == "true" or 0.0 < float(rough) <= 1.0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise NFieldsError(f"--roughness {rough!r}: 'true' or a number in (0, 1]")
     settings = [
         (k, s, c, rg)
         for k in lights_list
@@ -671,8 +667,6 @@ def ceiling(
             trues.append(a[d])
         est, true = torch.cat(ests), torch.cat(trues)
         if light_from is not None:
-            from nfields.train.evaluate import albedo_scale
-
             est = est * albedo_scale(est.clamp(0, 1), true)
         alb_err = float(((linear_to_srgb(est.clamp(0, 1)) - linear_to_srgb(true)) ** 2).mean())
         img_psnr, alb_psnr = -10 * math.log10(img_err / n_img), -10 * math.log10(alb_err)
